@@ -1,0 +1,197 @@
+//! The wire contract: error codes, the success/accepted/error bodies and the task record, exactly as
+//! `contract.md` spells them. Shared by the server (which writes them) and the tests and client
+//! (which read them). Nothing here knows about axum, the database or the upstreams.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The contract's error codes. The HTTP status of each is fixed by the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NoToken,
+    BadRequest,
+    Disabled,
+    ApiNotImplemented,
+    InvalidToken,
+    TokenExpired,
+    TokenMismatched,
+    UsedUp,
+    Forbidden,
+    NoApi,
+    RequestTooLarge,
+    TooManyRequests,
+    ApiError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoToken => "no_token",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Disabled => "disabled",
+            ErrorCode::ApiNotImplemented => "api_not_implemented",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenMismatched => "token_mismatched",
+            ErrorCode::UsedUp => "used_up",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NoApi => "no_api",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::ApiError => "api_error",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::NoToken
+            | ErrorCode::BadRequest
+            | ErrorCode::Disabled
+            | ErrorCode::ApiNotImplemented => 400,
+            ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::TokenMismatched => 401,
+            ErrorCode::UsedUp | ErrorCode::Forbidden => 403,
+            ErrorCode::NoApi => 404,
+            ErrorCode::RequestTooLarge => 413,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::ApiError => 500,
+        }
+    }
+}
+
+/// A contract error: a code and a message meant for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+
+    /// The generic internal error; the details go to the log, never to the client.
+    pub fn internal() -> ApiError {
+        ApiError::new(ErrorCode::ApiError, "Internal server error.")
+    }
+
+    /// `{"success": false, "task_id"?, "trace_id", "error": {"code", "message"}}`.
+    pub fn body(&self, trace_id: &str, task_id: Option<&str>) -> Value {
+        let mut body = Map::new();
+        body.insert("success".into(), Value::Bool(false));
+        if let Some(task_id) = task_id {
+            body.insert("task_id".into(), Value::String(task_id.to_owned()));
+        }
+        body.insert("trace_id".into(), Value::String(trace_id.to_owned()));
+        body.insert(
+            "error".into(),
+            json!({"code": self.code.as_str(), "message": self.message}),
+        );
+        Value::Object(body)
+    }
+}
+
+/// One entry of a success body's `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub prompt: String,
+    pub image_url: String,
+}
+
+/// `{"success": true, "task_id", "trace_id", "data": [...]}`.
+pub fn success_body(task_id: &str, trace_id: &str, data: &[ImageEntry]) -> Value {
+    json!({"success": true, "task_id": task_id, "trace_id": trace_id, "data": data})
+}
+
+/// The immediate answer of async and callback mode: no `data` key.
+pub fn accepted_body(task_id: &str, trace_id: &str) -> Value {
+    json!({"success": true, "task_id": task_id, "trace_id": trace_id})
+}
+
+/// Where a task is in its life. Stored as these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Processing,
+    Succeeded,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Processing => "processing",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        match s {
+            "pending" => Some(TaskState::Pending),
+            "processing" => Some(TaskState::Processing),
+            "succeeded" => Some(TaskState::Succeeded),
+            "failed" => Some(TaskState::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed)
+    }
+}
+
+/// Unix milliseconds as the contract's float seconds, rounded to the millisecond.
+pub fn unix_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_the_contract_shape() {
+        let body = ApiError::bad_request("prompt is required.").body("t-1", None);
+        assert_eq!(
+            body,
+            json!({"success": false, "trace_id": "t-1",
+                   "error": {"code": "bad_request", "message": "prompt is required."}})
+        );
+        let body = ApiError::internal().body("t-1", Some("task-9"));
+        assert_eq!(body["task_id"], "task-9");
+        assert_eq!(body["error"]["code"], "api_error");
+    }
+
+    #[test]
+    fn statuses_match_the_contract_table() {
+        assert_eq!(ErrorCode::NoToken.http_status(), 400);
+        assert_eq!(ErrorCode::InvalidToken.http_status(), 401);
+        assert_eq!(ErrorCode::Forbidden.http_status(), 403);
+        assert_eq!(ErrorCode::NoApi.http_status(), 404);
+        assert_eq!(ErrorCode::RequestTooLarge.http_status(), 413);
+        assert_eq!(ErrorCode::TooManyRequests.http_status(), 429);
+        assert_eq!(ErrorCode::ApiError.http_status(), 500);
+        assert_eq!(
+            serde_json::to_value(ErrorCode::ApiNotImplemented).unwrap(),
+            "api_not_implemented"
+        );
+    }
+
+    #[test]
+    fn accepted_body_has_no_data_key() {
+        let body = accepted_body("a", "b");
+        assert!(body.get("data").is_none());
+        assert_eq!(body["success"], true);
+    }
+}

@@ -1,0 +1,247 @@
+//! Wiring: `Application::build(config)` opens the database and image store, builds the provider
+//! routes, binds the listener (port 0 works: tests use it) and creates the first token on an empty
+//! database; `run_until_stopped` serves HTTP and runs the workers until a shutdown signal.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use rand::{Rng, distr::Alphanumeric};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    config::{Config, UpstreamConfig},
+    domain::{Model, RequestLimits},
+    fetch::Fetcher,
+    http::{self, AppState, auth::token_hash},
+    providers::{
+        ImageProvider, Route, Routes,
+        gemini::{GeminiConfig, GeminiProvider},
+        placeholder::PlaceholderProvider,
+        upstream_takes_image_size,
+    },
+    storage::{Db, ImageStore},
+    tasks::{TaskSettings, Tasks, now_ms},
+};
+
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    base_url: String,
+    router: axum::Router,
+    tasks: Arc<Tasks>,
+    created_token: Option<String>,
+    placeholder: bool,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Application::build_with(config, |_| {}).await
+    }
+
+    /// Like `build`, with a hook to adjust the task settings (tests shorten backoffs).
+    pub async fn build_with(
+        config: Config,
+        adjust: impl FnOnce(&mut TaskSettings),
+    ) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+        let db = Db::connect(&config.database_url)
+            .await
+            .with_context(|| format!("opening the database {}", config.database_url))?;
+        let store = ImageStore::local(&config.data_dir.join("images"))
+            .context("opening the image store")?;
+        let routes = build_routes(&config)?;
+        let fetcher = Fetcher::new(config.fetch.clone()).context("building the HTTP client")?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let local = listener.local_addr().context("reading the bound address")?;
+        let base_url = config
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}"));
+
+        let created_token = bootstrap(&db, config.bootstrap_token.as_deref()).await?;
+        let mut settings = TaskSettings::from_config(&config);
+        adjust(&mut settings);
+        let placeholder = routes.uses_placeholder();
+        let tasks = Tasks::new(db, store, routes, fetcher, settings, base_url.clone());
+        let state = AppState {
+            tasks: tasks.clone(),
+            limits: RequestLimits {
+                max_prompt_chars: config.max_prompt_chars,
+                ..RequestLimits::default()
+            },
+        };
+        Ok(Application {
+            listener,
+            port: local.port(),
+            base_url,
+            router: http::router(state, config.max_body_bytes),
+            tasks,
+            created_token,
+            placeholder,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The public base URL (image URLs start with it).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The token created on first start, when the database had none (shown once).
+    pub fn created_token(&self) -> Option<&str> {
+        self.created_token.as_deref()
+    }
+
+    /// Whether some model is served by the offline placeholder renderer.
+    pub fn uses_placeholder(&self) -> bool {
+        self.placeholder
+    }
+
+    pub fn tasks(&self) -> Arc<Tasks> {
+        self.tasks.clone()
+    }
+
+    /// Serves until `signal` completes; then stops accepting, lets running tasks finish within
+    /// the grace period, and returns.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let background = self
+            .tasks
+            .spawn_background(stopped.clone(), self.shutdown_grace);
+        let mut http_stopped = stopped.clone();
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            let _ = http_stopped.wait_for(|s| *s).await;
+        });
+        let server = tokio::spawn(server.into_future());
+        signal.await;
+        tracing::info!(
+            "shutting down: no new requests; running tasks get {:?}",
+            self.shutdown_grace
+        );
+        let _ = stop.send(true);
+        let _ = background.await;
+        // Open sync requests whose tasks were put back cannot be answered by this process;
+        // do not let them hold the shutdown.
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Err(e))) => return Err(e).context("serving HTTP"),
+            Ok(Err(e)) => return Err(e).context("the HTTP server task failed"),
+        }
+        self.tasks.db().close().await;
+        Ok(())
+    }
+}
+
+fn build_routes(config: &Config) -> anyhow::Result<Routes> {
+    let timeout = config.upstream_timeout;
+    let gemini = |upstream: &UpstreamConfig| -> anyhow::Result<Arc<dyn ImageProvider>> {
+        let base_url = url::Url::parse(&upstream.base_url)
+            .with_context(|| format!("the Gemini base URL {:?} is not a URL", upstream.base_url))?;
+        let provider = GeminiProvider::new(GeminiConfig {
+            base_url,
+            api_version: upstream.api_version.clone(),
+            api_key: upstream.api_key.clone(),
+            timeout,
+            connect_timeout: Duration::from_secs(10),
+        })
+        .map_err(|e| anyhow::anyhow!("building the Gemini client: {e}"))?;
+        Ok(Arc::new(provider))
+    };
+    let default_upstream = config.gemini.as_ref().map(&gemini).transpose()?;
+    let official_upstream = config.official.as_ref().map(&gemini).transpose()?;
+    let placeholder: Arc<dyn ImageProvider> = Arc::new(PlaceholderProvider::new());
+
+    let mut routes = Routes::default();
+    for model in Model::all() {
+        let configured = config.models.get(model.name());
+        let upstream_model = configured
+            .and_then(|c| c.upstream_model.clone())
+            .unwrap_or_else(|| model.default_upstream_model().to_owned());
+        let upstream = if model.is_official() {
+            &official_upstream
+        } else {
+            &default_upstream
+        };
+        let provider = match configured.and_then(|c| c.provider.as_deref()) {
+            Some("placeholder") => placeholder.clone(),
+            Some(_) => match upstream {
+                Some(p) => p.clone(),
+                None => bail!(
+                    "[models.{:?}] asks for gemini, but no Gemini API key is configured",
+                    model.name()
+                ),
+            },
+            None => upstream.clone().unwrap_or_else(|| placeholder.clone()),
+        };
+        routes.insert(
+            model,
+            Route {
+                provider,
+                sends_image_size: upstream_takes_image_size(&upstream_model),
+                upstream_model,
+            },
+        );
+    }
+    Ok(routes)
+}
+
+/// On an empty database, creates the first application and token and returns the token (the
+/// only time it is ever available in clear).
+async fn bootstrap(db: &Db, wanted: Option<&str>) -> anyhow::Result<Option<String>> {
+    if db.count_tokens().await.context("counting tokens")? > 0 {
+        return Ok(None);
+    }
+    let token = match wanted {
+        Some(token) => token.to_owned(),
+        None => new_token(),
+    };
+    let now = now_ms();
+    let application_id = uuid::Uuid::new_v4().to_string();
+    db.create_application(
+        &application_id,
+        "default",
+        &uuid::Uuid::new_v4().to_string(),
+        0,
+        now,
+    )
+    .await
+    .context("creating the first application")?;
+    db.create_token(
+        &uuid::Uuid::new_v4().to_string(),
+        &application_id,
+        &token_hash(&token),
+        &token_prefix(&token),
+        "bootstrap",
+        now,
+    )
+    .await
+    .context("creating the first token")?;
+    Ok(Some(token))
+}
+
+/// `nb-` and 40 random alphanumerics (about 238 bits).
+pub fn new_token() -> String {
+    let random: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    format!("nb-{random}")
+}
+
+/// The short visible part of a token, shown in listings.
+pub fn token_prefix(token: &str) -> String {
+    token.chars().take(8).collect()
+}

@@ -1,0 +1,458 @@
+//! Configuration: one `Config` struct, filled from embedded defaults, then an optional TOML file,
+//! then `NANO_BANANA_*` environment variables, then command-line flags (each later source wins).
+//! The flags and variables are declared once, on `ServeArgs`, so `--help` lists them all; the TOML
+//! file uses the same names in snake_case (and is the only place for per-model routes).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::fetch::{AllowRule, FetchPolicy};
+
+/// Flags of `nano-banana serve`. Every field is optional so that "not given" can fall back to
+/// the TOML file and then to the default.
+#[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML configuration file (same keys as these flags, in snake_case)
+    #[arg(long, env = "NANO_BANANA_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "NANO_BANANA_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Folder for the SQLite database and stored images [default: ./data]
+    #[arg(long, env = "NANO_BANANA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Database URL [default: sqlite://DATA_DIR/nano-banana.db]
+    #[arg(long, env = "NANO_BANANA_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Base of the image URLs handed to clients, e.g. https://img.example.com [default: http://LISTEN]
+    #[arg(long, env = "NANO_BANANA_PUBLIC_BASE_URL", value_name = "URL")]
+    pub public_base_url: Option<String>,
+
+    /// Tasks run at once by this process; more wait in the queue [default: 64]
+    #[arg(long, env = "NANO_BANANA_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Largest request body accepted, in bytes [default: 67108864]
+    #[arg(long, env = "NANO_BANANA_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Largest input image (each of image_urls), in bytes [default: 10485760]
+    #[arg(long, env = "NANO_BANANA_MAX_IMAGE_BYTES", value_name = "BYTES")]
+    pub max_image_bytes: Option<usize>,
+
+    /// Longest prompt accepted, in characters [default: 20000]
+    #[arg(long, env = "NANO_BANANA_MAX_PROMPT_CHARS", value_name = "N")]
+    pub max_prompt_chars: Option<usize>,
+
+    /// Gemini API key (GEMINI_API_KEY is read too); without one, images are offline placeholders
+    #[arg(
+        long,
+        env = "NANO_BANANA_GEMINI_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub gemini_api_key: Option<String>,
+
+    /// Gemini endpoint (a proxy, or a fake in tests) [default: https://generativelanguage.googleapis.com]
+    #[arg(long, env = "NANO_BANANA_GEMINI_BASE_URL", value_name = "URL")]
+    pub gemini_base_url: Option<String>,
+
+    /// Gemini API version in the path [default: v1beta]
+    #[arg(long, env = "NANO_BANANA_GEMINI_API_VERSION", value_name = "VERSION")]
+    pub gemini_api_version: Option<String>,
+
+    /// API key for the `:official` models' upstream [default: the Gemini API key]
+    #[arg(
+        long,
+        env = "NANO_BANANA_OFFICIAL_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub official_api_key: Option<String>,
+
+    /// Endpoint for the `:official` models [default: the Gemini base URL]
+    #[arg(long, env = "NANO_BANANA_OFFICIAL_BASE_URL", value_name = "URL")]
+    pub official_base_url: Option<String>,
+
+    /// Use the offline placeholder renderer even when an API key is set
+    #[arg(long, env = "NANO_BANANA_PLACEHOLDER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub placeholder: Option<bool>,
+
+    /// Time limit of one upstream call, in seconds [default: 300]
+    #[arg(long, env = "NANO_BANANA_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
+    pub upstream_timeout: Option<u64>,
+
+    /// Upstream calls per image before giving up on retryable failures (429, 5xx, timeouts) [default: 4]
+    #[arg(long, env = "NANO_BANANA_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+
+    /// A task that has not finished this many seconds after it was accepted fails [default: 900]
+    #[arg(long, env = "NANO_BANANA_TASK_DEADLINE", value_name = "SECONDS")]
+    pub task_deadline: Option<u64>,
+
+    /// Time limit for fetching one input image, in seconds [default: 30]
+    #[arg(long, env = "NANO_BANANA_FETCH_TIMEOUT", value_name = "SECONDS")]
+    pub fetch_timeout: Option<u64>,
+
+    /// Let image_urls and callback_url reach these private networks or hosts (comma-separated CIDRs or host names)
+    #[arg(
+        long,
+        env = "NANO_BANANA_FETCH_ALLOW",
+        value_delimiter = ',',
+        value_name = "CIDR|HOST"
+    )]
+    pub fetch_allow: Option<Vec<String>>,
+
+    /// Let image_urls and callback_url reach any private address (unsafe outside tests)
+    #[arg(long, env = "NANO_BANANA_ALLOW_PRIVATE_NETWORKS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_networks: Option<bool>,
+
+    /// Time limit of one callback POST, in seconds [default: 10]
+    #[arg(long, env = "NANO_BANANA_CALLBACK_TIMEOUT", value_name = "SECONDS")]
+    pub callback_timeout: Option<u64>,
+
+    /// Keep retrying a failing callback for this many seconds [default: 86400]
+    #[arg(long, env = "NANO_BANANA_CALLBACK_RETRY_FOR", value_name = "SECONDS")]
+    pub callback_retry_for: Option<u64>,
+
+    /// When the database has no token yet, the first token is this value instead of a random one
+    #[arg(
+        long,
+        env = "NANO_BANANA_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub bootstrap_token: Option<String>,
+
+    /// Grace period for running tasks on SIGTERM/SIGINT, in seconds [default: 30]
+    #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub shutdown_grace: Option<u64>,
+
+    /// Per-model routes (TOML only): `[models."nano-banana"] provider = "gemini", upstream_model = "…"`
+    #[arg(skip)]
+    pub models: BTreeMap<String, RouteConfig>,
+}
+
+/// One `[models."NAME"]` table of the TOML file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `gemini` or `placeholder`.
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+}
+
+/// Everything the server needs, resolved and defaulted.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// `None`: derived from the bound address once listening.
+    pub public_base_url: Option<String>,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub max_prompt_chars: usize,
+    pub gemini: Option<UpstreamConfig>,
+    pub official: Option<UpstreamConfig>,
+    pub upstream_timeout: Duration,
+    pub max_attempts: u32,
+    pub task_deadline: Duration,
+    pub fetch: FetchPolicy,
+    pub callback_timeout: Duration,
+    pub callback_retry_for: Duration,
+    pub bootstrap_token: Option<String>,
+    pub shutdown_grace: Duration,
+    pub models: BTreeMap<String, RouteConfig>,
+    /// How long a claimed task's lease lasts without renewal; a dead process's tasks are re-run
+    /// after this. Renewed every third of it.
+    pub lease: Duration,
+    /// How often idle workers look for due work even without a wake-up signal.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    pub api_version: String,
+    pub api_key: String,
+}
+
+pub const DEFAULT_GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+
+impl Config {
+    /// Embedded defaults, with data under `data_dir`.
+    pub fn with_data_dir(data_dir: &Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.to_path_buf(),
+            database_url: sqlite_url(data_dir),
+            public_base_url: None,
+            workers: 64,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_prompt_chars: 20_000,
+            gemini: None,
+            official: None,
+            upstream_timeout: Duration::from_secs(300),
+            max_attempts: 4,
+            task_deadline: Duration::from_secs(900),
+            fetch: FetchPolicy::default(),
+            callback_timeout: Duration::from_secs(10),
+            callback_retry_for: Duration::from_secs(24 * 3600),
+            bootstrap_token: None,
+            shutdown_grace: Duration::from_secs(30),
+            models: BTreeMap::new(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Flags and environment (already merged by clap) over the TOML file over the defaults.
+    pub fn resolve(flags: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the config file {}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .with_context(|| format!("parsing the config file {}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        // Google's own tools read GEMINI_API_KEY; ours wins when both are set.
+        let env_key = std::env::var("GEMINI_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        Config::merge(flags, file, env_key)
+    }
+
+    fn merge(
+        flags: ServeArgs,
+        file: ServeArgs,
+        gemini_env_key: Option<String>,
+    ) -> anyhow::Result<Config> {
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let mut config = Config::with_data_dir(&data_dir);
+
+        if let Some(listen) = flags.listen.or(file.listen) {
+            config.listen = listen
+                .parse()
+                .with_context(|| format!("--listen {listen:?} is not HOST:PORT"))?;
+        }
+        if let Some(url) = flags.database_url.or(file.database_url) {
+            config.database_url = url;
+        }
+        if let Some(url) = flags.public_base_url.or(file.public_base_url) {
+            let parsed = url::Url::parse(&url)
+                .with_context(|| format!("--public-base-url {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("--public-base-url must be an http(s) URL");
+            }
+            config.public_base_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        macro_rules! take {
+            ($field:ident) => {
+                flags.$field.or(file.$field)
+            };
+        }
+        if let Some(n) = take!(workers) {
+            if n == 0 {
+                bail!("--workers must be at least 1");
+            }
+            config.workers = n;
+        }
+        if let Some(n) = take!(max_body_bytes) {
+            config.max_body_bytes = n;
+        }
+        if let Some(n) = take!(max_image_bytes) {
+            config.fetch.max_image_bytes = n;
+        }
+        if let Some(n) = take!(max_prompt_chars) {
+            config.max_prompt_chars = n;
+        }
+        if let Some(s) = take!(upstream_timeout) {
+            config.upstream_timeout = Duration::from_secs(s);
+        }
+        if let Some(n) = take!(max_attempts) {
+            config.max_attempts = n.max(1);
+        }
+        if let Some(s) = take!(task_deadline) {
+            config.task_deadline = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(fetch_timeout) {
+            config.fetch.timeout = Duration::from_secs(s);
+        }
+        if let Some(rules) = take!(fetch_allow) {
+            config.fetch.allow = rules
+                .iter()
+                .map(|r| r.trim())
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    r.parse::<AllowRule>()
+                        .map_err(|e| anyhow::anyhow!("--fetch-allow {r:?}: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(b) = take!(allow_private_networks) {
+            config.fetch.allow_private = b;
+        }
+        if let Some(s) = take!(callback_timeout) {
+            config.callback_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(callback_retry_for) {
+            config.callback_retry_for = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(shutdown_grace) {
+            config.shutdown_grace = Duration::from_secs(s);
+        }
+        config.bootstrap_token = take!(bootstrap_token).filter(|t| !t.is_empty());
+
+        let placeholder = take!(placeholder).unwrap_or(false);
+        let api_key = take!(gemini_api_key)
+            .or(gemini_env_key)
+            .filter(|k| !k.is_empty());
+        let base_url = take!(gemini_base_url).unwrap_or_else(|| DEFAULT_GEMINI_BASE_URL.into());
+        let api_version = take!(gemini_api_version).unwrap_or_else(|| "v1beta".into());
+        if !placeholder && let Some(api_key) = api_key {
+            let official = UpstreamConfig {
+                base_url: take!(official_base_url).unwrap_or_else(|| base_url.clone()),
+                api_version: api_version.clone(),
+                api_key: take!(official_api_key).unwrap_or_else(|| api_key.clone()),
+            };
+            config.gemini = Some(UpstreamConfig {
+                base_url,
+                api_version,
+                api_key,
+            });
+            config.official = Some(official);
+        }
+
+        let mut models = file.models;
+        models.extend(flags.models);
+        for (name, route) in &models {
+            if crate::domain::Model::parse(name).is_none() {
+                bail!("[models.{name:?}] in the config file: unknown model name");
+            }
+            if let Some(p) = &route.provider
+                && !matches!(p.as_str(), "gemini" | "placeholder")
+            {
+                bail!("[models.{name:?}] provider must be \"gemini\" or \"placeholder\"");
+            }
+        }
+        config.models = models;
+        Ok(config)
+    }
+}
+
+fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("nano-banana.db").display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: ServeArgs = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            workers = 3
+            max_attempts = 7
+            [models."nano-banana-pro"]
+            provider = "placeholder"
+            "#,
+        )
+        .unwrap();
+        let flags = ServeArgs {
+            listen: Some("0.0.0.0:1234".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::merge(flags, file, None).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:1234");
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.max_attempts, 7);
+        assert_eq!(config.database_url, "sqlite://./data/nano-banana.db");
+        assert!(config.gemini.is_none());
+        assert_eq!(
+            config.models["nano-banana-pro"].provider.as_deref(),
+            Some("placeholder")
+        );
+    }
+
+    #[test]
+    fn an_api_key_from_the_environment_enables_gemini_unless_placeholder_is_forced() {
+        let config =
+            Config::merge(ServeArgs::default(), ServeArgs::default(), Some("k".into())).unwrap();
+        assert_eq!(config.gemini.unwrap().api_key, "k");
+        assert_eq!(config.official.unwrap().base_url, DEFAULT_GEMINI_BASE_URL);
+        let forced = ServeArgs {
+            placeholder: Some(true),
+            ..ServeArgs::default()
+        };
+        let config = Config::merge(forced, ServeArgs::default(), Some("k".into())).unwrap();
+        assert!(config.gemini.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_flag() {
+        let bad = |args: ServeArgs| {
+            Config::merge(args, ServeArgs::default(), None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            bad(ServeArgs {
+                listen: Some("nowhere".into()),
+                ..Default::default()
+            })
+            .contains("--listen")
+        );
+        assert!(
+            bad(ServeArgs {
+                workers: Some(0),
+                ..Default::default()
+            })
+            .contains("--workers")
+        );
+        assert!(
+            bad(ServeArgs {
+                public_base_url: Some("ftp://x".into()),
+                ..Default::default()
+            })
+            .contains("--public-base-url")
+        );
+        let unknown: Result<ServeArgs, _> = toml::from_str("no_such_key = 1");
+        assert!(unknown.is_err());
+        let mut models = BTreeMap::new();
+        models.insert(
+            "dall-e".to_owned(),
+            RouteConfig {
+                provider: None,
+                upstream_model: None,
+            },
+        );
+        assert!(
+            bad(ServeArgs {
+                models,
+                ..Default::default()
+            })
+            .contains("unknown model")
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! `POST /nano-banana/images` (and aliases): validate, accept as a task, then answer at once
+//! (async and callback modes) or when the task ends (sync mode).
+
+use axum::{
+    Extension, Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+
+use super::{AppState, HttpError, TraceId, auth::Authenticated};
+use crate::{
+    api::{self, ApiError, ErrorCode},
+    domain::ImagesRequest,
+};
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    Authenticated(caller): Authenticated,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let body = parse_json_body(&trace_id, body)?;
+    let request = ImagesRequest::parse(&body, &state.limits)
+        .map_err(|e| HttpError::new(&trace_id, ApiError::bad_request(e.0)))?;
+    let submitted = state
+        .tasks
+        .submit(&caller, &trace_id, &body, &request)
+        .await
+        .map_err(|e| HttpError::new(&trace_id, e))?;
+    if request.answers_at_once() {
+        return Ok(Json(api::accepted_body(&submitted.task_id, &trace_id)).into_response());
+    }
+    // If the client goes away, this future is dropped; the task runs on and stays retrievable.
+    let result = state.tasks.wait(submitted).await;
+    let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok((status, Json(result.body)).into_response())
+}
+
+/// A JSON object from the body, or the contract's error: 413 over the size limit, 400 for
+/// anything that is not JSON (including invalid UTF-8).
+pub fn parse_json_body(
+    trace_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, HttpError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::code(
+                trace_id,
+                ErrorCode::RequestTooLarge,
+                "The request body is too large.",
+            )
+        } else {
+            HttpError::code(
+                trace_id,
+                ErrorCode::BadRequest,
+                "The request body could not be read.",
+            )
+        }
+    })?;
+    serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+        HttpError::code(
+            trace_id,
+            ErrorCode::BadRequest,
+            format!("The request body is not valid JSON: {e}."),
+        )
+    })
+}

@@ -1,0 +1,529 @@
+//! All SQL lives here: applications and tokens, tasks (which are also the queue), and the callback
+//! outbox. Callers get plain row structs and never see a query. Times are Unix milliseconds.
+//!
+//! The queue is a lease: a claim sets `lease_owner`/`lease_until`; the owner renews it while it
+//! works; every later write is fenced on `lease_owner`, so a worker whose lease expired and was
+//! taken over cannot overwrite the new owner's result. A claim is one `UPDATE … WHERE id IN
+//! (SELECT … LIMIT n) RETURNING`, which is atomic on SQLite (single writer); on PostgreSQL the
+//! inner SELECT gains `FOR UPDATE SKIP LOCKED` and nothing else changes.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    Row,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    UnsupportedUrl(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub token_id: String,
+    pub application_id: String,
+    pub user_id: String,
+    pub application_disabled: bool,
+    pub apis: String,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTask<'a> {
+    pub id: &'a str,
+    pub trace_id: &'a str,
+    pub application_id: &'a str,
+    pub user_id: &'a str,
+    pub api_id: &'a str,
+    pub credential_id: &'a str,
+    pub request: &'a str,
+    pub callback_url: Option<&'a str>,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub id: String,
+    pub trace_id: String,
+    pub application_id: String,
+    pub user_id: String,
+    pub api_id: String,
+    pub credential_id: String,
+    pub request: String,
+    pub state: String,
+    pub http_status: Option<i64>,
+    pub response: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A task this process now holds the lease of.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub id: String,
+    pub trace_id: String,
+    pub request: String,
+    pub callback_url: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+/// The final result of a task, written together with its callback (if any) in one transaction.
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    pub succeeded: bool,
+    pub http_status: u16,
+    pub response: &'a str,
+    pub callback_url: Option<&'a str>,
+    pub callback_id: &'a str,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallbackRow {
+    pub id: String,
+    pub task_id: String,
+    pub url: String,
+    pub body: String,
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallbackAttempt<'a> {
+    pub callback_id: &'a str,
+    pub attempt: i64,
+    pub at: i64,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<&'a str>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `url` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        if !url.starts_with("sqlite:") {
+            return Err(DbError::UnsupportedUrl(url.to_owned()));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a crash may lose the last commits of the OS's buffer, never corrupt.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Db { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- applications and tokens ------------------------------------------------------------
+
+    pub async fn count_tokens(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn create_application(
+        &self,
+        id: &str,
+        name: &str,
+        user_id: &str,
+        credits: i64,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO applications (id, name, user_id, credits, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(user_id)
+        .bind(credits)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_token(
+        &self,
+        id: &str,
+        application_id: &str,
+        hash: &str,
+        prefix: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, application_id, hash, prefix, name, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(application_id)
+        .bind(hash)
+        .bind(prefix)
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn find_token(&self, hash: &str) -> Result<Option<TokenRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT t.id, t.application_id, a.user_id, a.disabled, t.apis, t.expires_at, t.revoked \
+             FROM tokens t JOIN applications a ON a.id = t.application_id WHERE t.hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(TokenRow {
+            token_id: row.try_get("id")?,
+            application_id: row.try_get("application_id")?,
+            user_id: row.try_get("user_id")?,
+            application_disabled: row.try_get::<i64, _>("disabled")? != 0,
+            apis: row.try_get("apis")?,
+            expires_at: row.try_get("expires_at")?,
+            revoked: row.try_get::<i64, _>("revoked")? != 0,
+        }))
+    }
+
+    // ---- tasks ------------------------------------------------------------------------------
+
+    pub async fn insert_task(&self, task: &NewTask<'_>) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
+             request, state, callback_url, created_at, run_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
+        )
+        .bind(task.id)
+        .bind(task.trace_id)
+        .bind(task.application_id)
+        .bind(task.user_id)
+        .bind(task.api_id)
+        .bind(task.credential_id)
+        .bind(task.request)
+        .bind(task.callback_url)
+        .bind(task.now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` runnable tasks: pending ones whose time has come, and processing ones
+    /// whose lease expired (their owner died). Oldest first.
+    pub async fn claim_tasks(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<ClaimedTask>, DbError> {
+        let rows = sqlx::query(
+            "UPDATE tasks SET state = 'processing', lease_owner = $1, lease_until = $2, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $3) \
+             WHERE id IN (SELECT id FROM tasks \
+                 WHERE (state = 'pending' AND run_at <= $3) \
+                    OR (state = 'processing' AND lease_until < $3) \
+                 ORDER BY run_at LIMIT $4) \
+             RETURNING id, trace_id, request, callback_url, attempts, created_at",
+        )
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedTask {
+                    id: row.try_get("id")?,
+                    trace_id: row.try_get("trace_id")?,
+                    request: row.try_get("request")?,
+                    callback_url: row.try_get("callback_url")?,
+                    attempts: row.try_get("attempts")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // RETURNING gives no order guarantee; run the oldest first.
+        claimed.sort_by_key(|t| t.created_at);
+        Ok(claimed)
+    }
+
+    /// Extends a lease this process holds. `false`: the lease was lost (expired and taken over).
+    pub async fn renew_task_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_until = $3 \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'processing'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts every task this process holds back in the queue (shutdown after the grace period).
+    pub async fn release_tasks_of(&self, owner: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'pending', lease_owner = NULL, lease_until = NULL, run_at = $2 \
+             WHERE lease_owner = $1 AND state = 'processing'",
+        )
+        .bind(owner)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a task's result and queues its callback, atomically and fenced on the lease.
+    /// `false`: this process no longer holds the task, and nothing was written.
+    pub async fn complete_task(
+        &self,
+        id: &str,
+        owner: &str,
+        done: &Completion<'_>,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let state = if done.succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        let updated = sqlx::query(
+            "UPDATE tasks SET state = $3, http_status = $4, response = $5, finished_at = $6, \
+                 lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'processing'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(state)
+        .bind(i64::from(done.http_status))
+        .bind(done.response)
+        .bind(done.now)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(url) = done.callback_url {
+            sqlx::query(
+                "INSERT INTO callbacks (id, task_id, url, body, state, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+            )
+            .bind(done.callback_id)
+            .bind(id)
+            .bind(url)
+            .bind(done.response)
+            .bind(done.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn get_task(
+        &self,
+        id: &str,
+        application_id: &str,
+    ) -> Result<Option<TaskRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, trace_id, application_id, user_id, api_id, credential_id, request, state, \
+                 http_status, response, created_at, started_at, finished_at \
+             FROM tasks WHERE id = $1 AND application_id = $2",
+        )
+        .bind(id)
+        .bind(application_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(task_row).transpose().map_err(Into::into)
+    }
+
+    /// The tasks among `ids` that belong to `application_id`, in the order of `ids`.
+    pub async fn get_tasks(
+        &self,
+        ids: &[String],
+        application_id: &str,
+    ) -> Result<Vec<TaskRow>, DbError> {
+        let mut found = Vec::with_capacity(ids.len());
+        // At most 50 ids (the contract's cap): one indexed lookup each is simpler than building
+        // an IN list, and costs microseconds on SQLite.
+        for id in ids {
+            if let Some(row) = self.get_task(id, application_id).await? {
+                found.push(row);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A task's final response, whoever finished it (for a sync request whose task another
+    /// worker or process completed). `None` while it is not finished.
+    pub async fn task_result(&self, id: &str) -> Result<Option<(u16, String)>, DbError> {
+        let row = sqlx::query(
+            "SELECT http_status, response FROM tasks \
+             WHERE id = $1 AND state IN ('succeeded', 'failed')",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status: Option<i64> = row.try_get("http_status")?;
+        let response: Option<String> = row.try_get("response")?;
+        Ok(response.map(|r| (status.unwrap_or(200) as u16, r)))
+    }
+
+    // ---- callbacks --------------------------------------------------------------------------
+
+    pub async fn claim_callbacks(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<CallbackRow>, DbError> {
+        let rows = sqlx::query(
+            "UPDATE callbacks SET lease_owner = $1, lease_until = $2 \
+             WHERE id IN (SELECT id FROM callbacks \
+                 WHERE state = 'pending' AND next_attempt_at <= $3 \
+                   AND (lease_until IS NULL OR lease_until < $3) \
+                 ORDER BY next_attempt_at LIMIT $4) \
+             RETURNING id, task_id, url, body, attempts, created_at",
+        )
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CallbackRow {
+                    id: row.try_get("id")?,
+                    task_id: row.try_get("task_id")?,
+                    url: row.try_get("url")?,
+                    body: row.try_get("body")?,
+                    attempts: row.try_get("attempts")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Records one delivery attempt and the callback's next state: delivered, retried at
+    /// `next_attempt_at`, or given up (`failed`).
+    pub async fn record_callback_attempt(
+        &self,
+        attempt: &CallbackAttempt<'_>,
+        outcome: CallbackOutcome,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO callback_attempts (callback_id, attempt, at, status, latency_ms, error) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(attempt.callback_id)
+        .bind(attempt.attempt)
+        .bind(attempt.at)
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.latency_ms)
+        .bind(attempt.error)
+        .execute(&mut *tx)
+        .await?;
+        let (state, next, delivered_at) = match outcome {
+            CallbackOutcome::Delivered => ("delivered", attempt.at, Some(attempt.at)),
+            CallbackOutcome::RetryAt(at) => ("pending", at, None),
+            CallbackOutcome::GaveUp => ("failed", attempt.at, None),
+        };
+        sqlx::query(
+            "UPDATE callbacks SET state = $2, attempts = $3, next_attempt_at = $4, \
+                 delivered_at = $5, last_error = $6, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1",
+        )
+        .bind(attempt.callback_id)
+        .bind(state)
+        .bind(attempt.attempt)
+        .bind(next)
+        .bind(delivered_at)
+        .bind(attempt.error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `(attempts, state)` of a task's callback, for tests and operators.
+    pub async fn callback_status(&self, task_id: &str) -> Result<Option<(i64, String)>, DbError> {
+        let row = sqlx::query("SELECT attempts, state FROM callbacks WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("attempts")?, r.try_get("state")?)))
+            .transpose()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    Delivered,
+    RetryAt(i64),
+    GaveUp,
+}
+
+fn task_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, sqlx::Error> {
+    Ok(TaskRow {
+        id: row.try_get("id")?,
+        trace_id: row.try_get("trace_id")?,
+        application_id: row.try_get("application_id")?,
+        user_id: row.try_get("user_id")?,
+        api_id: row.try_get("api_id")?,
+        credential_id: row.try_get("credential_id")?,
+        request: row.try_get("request")?,
+        state: row.try_get("state")?,
+        http_status: row.try_get("http_status")?,
+        response: row.try_get("response")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}

@@ -1,0 +1,8 @@
+//! Persistence: the database (tasks, applications, tokens, callbacks) and the image store.
+//! Neither knows the wire contract.
+
+pub mod db;
+pub mod images;
+
+pub use db::Db;
+pub use images::ImageStore;

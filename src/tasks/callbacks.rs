@@ -1,0 +1,172 @@
+//! Callback delivery from the outbox: each finished task with a `callback_url` has a row written
+//! in the same transaction as its result. The deliverer POSTs the final body as JSON; any 2xx
+//! ends it, anything else is retried with exponential backoff until the retry window closes.
+//! Every attempt is recorded. A callback URL that is unreachable or refused never fails a task.
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use tokio::sync::watch;
+
+use super::{Tasks, now_ms, worker::backoff};
+use crate::storage::db::{CallbackAttempt, CallbackOutcome, CallbackRow};
+
+/// At most this many deliveries in flight per process: a slow receiver holds one slot for at
+/// most the callback timeout, so it cannot hold up the others.
+const CONCURRENT_DELIVERIES: usize = 32;
+
+pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let free = slots.available_permits();
+        let mut claimed_all = false;
+        if free > 0 {
+            // The lease covers one attempt; an attempt never outlives the callback timeout.
+            let lease = tasks.settings.callback_timeout + Duration::from_secs(30);
+            match tasks
+                .db
+                .claim_callbacks(&tasks.owner, lease, free, now_ms())
+                .await
+            {
+                Ok(claimed) => {
+                    claimed_all = claimed.len() == free;
+                    for callback in claimed {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let tasks = tasks.clone();
+                        running.spawn(async move {
+                            let _permit = permit;
+                            deliver(&tasks, callback).await;
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not claim callbacks"),
+            }
+        }
+        while running.try_join_next().is_some() {}
+        if claimed_all {
+            continue;
+        }
+        tokio::select! {
+            _ = tasks.callback_queued.notified() => {}
+            _ = tokio::time::sleep(tasks.settings.poll_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    // In-flight deliveries are short (bounded by the timeout); an interrupted one is simply
+    // attempted again by the next process, which is what at-least-once allows.
+    let _ = tokio::time::timeout(tasks.settings.callback_timeout, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+#[tracing::instrument(skip_all, fields(task_id = %callback.task_id, attempt = callback.attempts + 1))]
+async fn deliver(tasks: &Tasks, callback: CallbackRow) {
+    let attempt = callback.attempts + 1;
+    let started = Instant::now();
+    let at = now_ms();
+    let (status, error) = match post(tasks, &callback).await {
+        Ok(status) => (Some(status), None),
+        Err(error) => (None, Some(error)),
+    };
+    let delivered = status.is_some_and(|s| (200..300).contains(&s));
+    let error = match (delivered, status, error) {
+        (true, _, _) => None,
+        (false, Some(status), _) => Some(format!("the receiver answered HTTP {status}")),
+        (false, None, error) => error,
+    };
+    let refused = error.as_deref().is_some_and(|e| e.starts_with("refused"));
+    let outcome = if delivered {
+        CallbackOutcome::Delivered
+    } else {
+        let retry_until =
+            callback.created_at + tasks.settings.callback_retry_for.as_millis() as i64;
+        let delay = backoff(
+            tasks.settings.callback_retry_base,
+            attempt.clamp(1, 32) as u32,
+            None,
+        );
+        let next = now_ms() + delay.as_millis() as i64;
+        // A URL our policy refuses will be refused every time: it is never called.
+        if refused || next > retry_until {
+            CallbackOutcome::GaveUp
+        } else {
+            CallbackOutcome::RetryAt(next)
+        }
+    };
+    let latency_ms = started.elapsed().as_millis() as i64;
+    match outcome {
+        CallbackOutcome::Delivered => tracing::info!(latency_ms, "callback delivered"),
+        CallbackOutcome::RetryAt(_) => {
+            tracing::warn!(
+                latency_ms,
+                error = error.as_deref().unwrap_or(""),
+                "callback failed; will retry"
+            )
+        }
+        CallbackOutcome::GaveUp => {
+            tracing::warn!(
+                latency_ms,
+                error = error.as_deref().unwrap_or(""),
+                "callback given up"
+            )
+        }
+    }
+    let record = CallbackAttempt {
+        callback_id: &callback.id,
+        attempt,
+        at,
+        status,
+        latency_ms,
+        error: error.as_deref(),
+    };
+    if let Err(e) = tasks.db.record_callback_attempt(&record, outcome).await {
+        // The lease expires and the attempt is made again: a duplicate, never a loss.
+        tracing::error!(error = %e, "could not record a callback attempt");
+    }
+}
+
+/// One POST of the final body. `Ok(status)` for any HTTP answer; `Err` says why none came.
+async fn post(tasks: &Tasks, callback: &CallbackRow) -> Result<u16, String> {
+    if let Err(e) = tasks.fetcher.check_url(&callback.url) {
+        return Err(format!("refused by the outbound policy: {e}"));
+    }
+    let response = tasks
+        .fetcher
+        .client()
+        .post(&callback.url)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("nano-banana/", env!("CARGO_PKG_VERSION")),
+        )
+        .timeout(tasks.settings.callback_timeout)
+        .body(callback.body.clone())
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(response.status().as_u16())
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "the receiver did not answer in time".to_owned()
+    } else if error.is_connect() {
+        format!("could not connect: {}", root_cause(error))
+    } else {
+        format!("the request failed: {}", root_cause(error))
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,362 @@
+//! The task lifecycle: accepting a request as a durable task, waking the workers that run it,
+//! waiting for it (sync mode), and reading task records back in the contract's shape.
+//!
+//! Workers (`worker.rs`) claim tasks from the database with a lease, so a task survives the death
+//! of the process that accepted it; callbacks (`callbacks.rs`) go through an outbox written with
+//! the result. What does not live here: HTTP (the `http` module calls `Tasks`), SQL (`storage`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+
+use crate::{
+    api::{self, ApiError, ErrorCode, TaskState},
+    config::Config,
+    domain::ImagesRequest,
+    fetch::{FetchError, Fetcher},
+    providers::Routes,
+    storage::{
+        Db, ImageStore,
+        db::{NewTask, TaskRow},
+    },
+};
+
+pub mod callbacks;
+mod worker;
+
+/// The id of the one API this server offers, as it appears in task records (`api_id`).
+pub const IMAGES_API_ID: &str = "5f1e3a0c-9b7d-4c2e-8a61-3d2b9f4e7c10";
+
+/// Who is asking: resolved from the bearer token by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub application_id: String,
+    pub user_id: String,
+    pub token_id: String,
+}
+
+/// A task's final answer: the HTTP status a sync client gets, and the body (also the record's
+/// `response` and the callback's payload).
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Db(#[from] crate::storage::db::DbError),
+    #[error("stored JSON is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Knobs of the task machinery, from `Config`.
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    pub workers: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub max_attempts: u32,
+    pub task_deadline: Duration,
+    /// The first retry waits about this long; each later one twice as long (with jitter).
+    pub retry_base: Duration,
+    pub callback_timeout: Duration,
+    pub callback_retry_for: Duration,
+    pub callback_retry_base: Duration,
+    /// A task claimed this many times without finishing (its process kept dying) fails.
+    pub max_claims: i64,
+}
+
+impl TaskSettings {
+    pub fn from_config(config: &Config) -> TaskSettings {
+        TaskSettings {
+            workers: config.workers,
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            max_attempts: config.max_attempts,
+            task_deadline: config.task_deadline,
+            retry_base: Duration::from_millis(500),
+            callback_timeout: config.callback_timeout,
+            callback_retry_for: config.callback_retry_for,
+            callback_retry_base: Duration::from_secs(5),
+            max_claims: 5,
+        }
+    }
+}
+
+/// The task service shared by the HTTP handlers and the background workers.
+pub struct Tasks {
+    db: Db,
+    store: ImageStore,
+    routes: Routes,
+    fetcher: Fetcher,
+    settings: TaskSettings,
+    /// Absolute base of image URLs, e.g. `https://img.example.com`.
+    public_base_url: String,
+    /// This process's identity in leases.
+    owner: String,
+    /// Sync requests waiting for their task, by task id.
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskResult>>>>,
+    /// Wakes idle workers when a task is queued.
+    task_queued: Notify,
+    /// Wakes the callback deliverer when a callback is queued.
+    callback_queued: Notify,
+    /// Bounds the tasks running at once in this process.
+    slots: Arc<Semaphore>,
+}
+
+impl Tasks {
+    pub fn new(
+        db: Db,
+        store: ImageStore,
+        routes: Routes,
+        fetcher: Fetcher,
+        settings: TaskSettings,
+        public_base_url: String,
+    ) -> Arc<Tasks> {
+        let slots = Arc::new(Semaphore::new(settings.workers));
+        Arc::new(Tasks {
+            db,
+            store,
+            routes,
+            fetcher,
+            settings,
+            public_base_url,
+            owner: uuid::Uuid::new_v4().to_string(),
+            waiters: Mutex::new(HashMap::new()),
+            task_queued: Notify::new(),
+            callback_queued: Notify::new(),
+            slots,
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    /// Starts the workers and the callback deliverer; they stop when `shutdown` turns true,
+    /// after running tasks finish or `grace` passes (then their tasks go back to the queue).
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let workers = tokio::spawn(worker::run(self.clone(), shutdown.clone(), grace));
+        let deliverer = tokio::spawn(callbacks::run(self.clone(), shutdown));
+        tokio::spawn(async move {
+            let _ = workers.await;
+            let _ = deliverer.await;
+        })
+    }
+
+    /// Checks what can be checked before a task exists (input image sources), then writes the
+    /// task. Sync requests get a receiver for the result, registered before the task is visible
+    /// to workers so that a fast worker cannot finish it unseen.
+    #[tracing::instrument(skip_all, fields(trace_id = %trace_id))]
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        trace_id: &str,
+        body: &Value,
+        request: &ImagesRequest,
+    ) -> Result<Submitted, ApiError> {
+        for (i, source) in request.image_urls.iter().enumerate() {
+            self.check_image_source(i, source)?;
+        }
+        let task_id = uuid::Uuid::new_v4().to_string();
+        let receiver = if request.answers_at_once() {
+            None
+        } else {
+            let (sender, receiver) = oneshot::channel();
+            self.lock_waiters()
+                .entry(task_id.clone())
+                .or_default()
+                .push(sender);
+            Some(receiver)
+        };
+        let request_json = body.to_string();
+        let inserted = self
+            .db
+            .insert_task(&NewTask {
+                id: &task_id,
+                trace_id,
+                application_id: &caller.application_id,
+                user_id: &caller.user_id,
+                api_id: IMAGES_API_ID,
+                credential_id: &caller.token_id,
+                request: &request_json,
+                callback_url: request.callback_url.as_deref(),
+                now: now_ms(),
+            })
+            .await;
+        if let Err(e) = inserted {
+            self.lock_waiters().remove(&task_id);
+            tracing::error!(error = %e, "could not record a new task");
+            return Err(ApiError::internal());
+        }
+        tracing::info!(task_id = %task_id, model = request.model.name(), count = request.count, "task accepted");
+        self.task_queued.notify_one();
+        Ok(Submitted { task_id, receiver })
+    }
+
+    /// Waits for a sync request's task. The in-process signal is the fast path; the database is
+    /// checked every few seconds too, in case another process ran the task (after a restart).
+    pub async fn wait(&self, submitted: Submitted) -> TaskResult {
+        let Submitted { task_id, receiver } = submitted;
+        let Some(mut receiver) = receiver else {
+            return TaskResult {
+                status: 200,
+                body: Value::Null,
+            };
+        };
+        let mut check = tokio::time::interval(Duration::from_secs(3));
+        check.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut receiver => {
+                    if let Ok(result) = result {
+                        return result;
+                    }
+                    // The sender was dropped without a result (lease lost): fall back to polling.
+                    receiver = oneshot::channel().1;
+                }
+                _ = check.tick() => {
+                    match self.db.task_result(&task_id).await {
+                        Ok(Some((status, body))) => {
+                            self.lock_waiters().remove(&task_id);
+                            return TaskResult { status, body: serde_json::from_str(&body).unwrap_or(Value::Null) };
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, task_id = %task_id, "could not poll a task"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One task record in the contract's shape; `None` for an unknown task or another
+    /// application's task (both answer `{}`).
+    pub async fn retrieve(
+        &self,
+        application_id: &str,
+        id: &str,
+    ) -> Result<Option<Value>, TaskError> {
+        match self.db.get_task(id, application_id).await? {
+            Some(row) => Ok(Some(task_record(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn retrieve_batch(
+        &self,
+        application_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<Value>, TaskError> {
+        self.db
+            .get_tasks(ids, application_id)
+            .await?
+            .iter()
+            .map(task_record)
+            .collect()
+    }
+
+    fn check_image_source(&self, index: usize, source: &str) -> Result<(), ApiError> {
+        let checked = if source.starts_with("data:") {
+            let policy = self.fetcher.policy();
+            crate::fetch::parse_data_uri(source, policy.max_image_bytes, policy.max_pixels)
+                .map(|_| ())
+        } else {
+            self.fetcher.check_url(source).map(|_| ())
+        };
+        checked.map_err(|e| image_error(index, &e))
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<TaskResult>>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+        // removes), so a poisoned lock is still safe to use.
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn notify_waiters(&self, task_id: &str, result: &TaskResult) {
+        let senders = self.lock_waiters().remove(task_id).unwrap_or_default();
+        for sender in senders {
+            let _ = sender.send(result.clone());
+        }
+    }
+}
+
+/// A freshly accepted task; `receiver` is set for sync requests.
+pub struct Submitted {
+    pub task_id: String,
+    receiver: Option<oneshot::Receiver<TaskResult>>,
+}
+
+/// The contract's error for an input image that could not be used, naming which one.
+pub fn image_error(index: usize, error: &FetchError) -> ApiError {
+    if error.is_too_large() {
+        ApiError::new(
+            ErrorCode::RequestTooLarge,
+            format!("image_urls[{index}] is too large: {error}."),
+        )
+    } else {
+        ApiError::bad_request(format!("image_urls[{index}] cannot be used: {error}."))
+    }
+}
+
+/// Builds the contract's task record from a row. A record of an unfinished task has no
+/// `finished_at`, no `elapsed` and no `response` key at all.
+fn task_record(row: &TaskRow) -> Result<Value, TaskError> {
+    let state = TaskState::parse(&row.state).unwrap_or(TaskState::Pending);
+    let mut record = Map::new();
+    record.insert("id".into(), row.id.clone().into());
+    record.insert("trace_id".into(), row.trace_id.clone().into());
+    record.insert("type".into(), "images".into());
+    record.insert("application_id".into(), row.application_id.clone().into());
+    record.insert("user_id".into(), row.user_id.clone().into());
+    record.insert("api_id".into(), row.api_id.clone().into());
+    record.insert("credential_id".into(), row.credential_id.clone().into());
+    record.insert(
+        "created_at".into(),
+        api::unix_seconds(row.created_at).into(),
+    );
+    if let Some(started) = row.started_at {
+        record.insert("started_at".into(), api::unix_seconds(started).into());
+    }
+    if state.is_terminal()
+        && let Some(finished) = row.finished_at
+    {
+        record.insert("finished_at".into(), api::unix_seconds(finished).into());
+        let elapsed = (finished - row.started_at.unwrap_or(row.created_at)).max(0);
+        record.insert("elapsed".into(), api::unix_seconds(elapsed).into());
+    }
+    record.insert("state".into(), state.as_str().into());
+    record.insert("request".into(), serde_json::from_str(&row.request)?);
+    if state.is_terminal()
+        && let Some(response) = &row.response
+    {
+        record.insert("response".into(), serde_json::from_str(response)?);
+    }
+    Ok(Value::Object(record))
+}
+
+/// Unix time in milliseconds. A clock before 1970 reads as 0 rather than failing.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

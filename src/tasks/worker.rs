@@ -1,0 +1,428 @@
+//! The workers: claim due tasks with a lease, keep the lease alive while the upstream works, make
+//! the images (one upstream call per image, in parallel, retried with backoff when the failure is
+//! retryable), store them, and record the result fenced on the lease.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{TaskResult, Tasks, image_error, now_ms};
+use crate::{
+    api::{self, ApiError, ErrorCode, ImageEntry},
+    domain::{AspectRatio, ImagesRequest, RequestLimits},
+    providers::{ImageJob, ImageProvider, ProviderError},
+    storage::{ImageStore, db::ClaimedTask, db::Completion},
+};
+
+/// Claims and runs tasks until `shutdown`; then waits up to `grace` for running tasks and puts
+/// the unfinished ones back in the queue.
+pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let free = tasks.slots.available_permits();
+        let mut claimed_all = false;
+        if free > 0 {
+            match tasks
+                .db
+                .claim_tasks(&tasks.owner, tasks.settings.lease, free.min(32), now_ms())
+                .await
+            {
+                Ok(claimed) => {
+                    claimed_all = claimed.len() == free.min(32);
+                    for task in claimed {
+                        let Ok(permit) = tasks.slots.clone().try_acquire_owned() else {
+                            // Cannot happen (we claimed at most the free slots); if it does,
+                            // the lease simply expires and the task runs again later.
+                            break;
+                        };
+                        let tasks = tasks.clone();
+                        running.spawn(async move {
+                            let _permit = permit;
+                            execute(tasks, task).await;
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not claim tasks"),
+            }
+        }
+        // Reap finished executions so the set does not grow.
+        while running.try_join_next().is_some() {}
+        if claimed_all {
+            continue;
+        }
+        tokio::select! {
+            _ = tasks.task_queued.notified() => {}
+            _ = tasks.slot_freed(), if free == 0 => {}
+            _ = tokio::time::sleep(tasks.settings.poll_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    if !running.is_empty() {
+        tracing::info!(
+            running = running.len(),
+            "waiting for running tasks to finish"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+            // Whatever was still running goes back to the queue for the next start (or another
+            // process); nothing was recorded for it, so nothing is half-written.
+            if let Err(e) = tasks.release_my_tasks().await {
+                tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire");
+            }
+        }
+    }
+}
+
+impl Tasks {
+    async fn slot_freed(&self) {
+        // A permit being returned is observed by acquiring and dropping one.
+        if let Ok(permit) = self.slots.acquire().await {
+            drop(permit);
+        }
+    }
+
+    async fn release_my_tasks(&self) -> Result<(), crate::storage::db::DbError> {
+        self.db.release_tasks_of(&self.owner, now_ms()).await
+    }
+}
+
+#[tracing::instrument(skip_all, fields(task_id = %task.id, trace_id = %task.trace_id))]
+async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
+    let started = Instant::now();
+    let heartbeat = tokio::spawn(keep_lease(tasks.clone(), task.id.clone()));
+    let result = run_task(&tasks, &task).await;
+    heartbeat.abort();
+
+    let body = result.body.to_string();
+    let callback_id = uuid::Uuid::new_v4().to_string();
+    let completion = Completion {
+        succeeded: result.status == 200,
+        http_status: result.status,
+        response: &body,
+        callback_url: task.callback_url.as_deref(),
+        callback_id: &callback_id,
+        now: now_ms(),
+    };
+    match tasks
+        .db
+        .complete_task(&task.id, &tasks.owner, &completion)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(
+                status = result.status,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "task finished"
+            );
+            tasks.notify_waiters(&task.id, &result);
+            if task.callback_url.is_some() {
+                tasks.callback_queued.notify_one();
+            }
+        }
+        Ok(false) => {
+            tracing::warn!(
+                "task lease was lost before the result was recorded; another worker owns it"
+            );
+        }
+        Err(e) => {
+            // The lease will expire and the task will run again: at least once, never lost.
+            tracing::error!(error = %e, "could not record the task result");
+        }
+    }
+}
+
+async fn keep_lease(tasks: Arc<Tasks>, id: String) {
+    let every = tasks.settings.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = now_ms() + tasks.settings.lease.as_millis() as i64;
+        match tasks.db.renew_task_lease(&id, &tasks.owner, until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(task_id = %id, "task lease lost");
+                return;
+            }
+            Err(e) => tracing::warn!(task_id = %id, error = %e, "could not renew a task lease"),
+        }
+    }
+}
+
+async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> TaskResult {
+    let fail = |error: ApiError| TaskResult {
+        status: error.code.http_status(),
+        body: error.body(&task.trace_id, Some(&task.id)),
+    };
+    if task.attempts > tasks.settings.max_claims {
+        tracing::error!(
+            attempts = task.attempts,
+            "task was interrupted too often; failing it"
+        );
+        return fail(ApiError::new(
+            ErrorCode::ApiError,
+            "The task was interrupted too many times and was abandoned.",
+        ));
+    }
+    let deadline_ms = task.created_at + tasks.settings.task_deadline.as_millis() as i64;
+    let remaining = Duration::from_millis((deadline_ms - now_ms()).max(0) as u64);
+    match tokio::time::timeout(remaining, make_images(tasks, task, deadline_ms)).await {
+        Ok(Ok(data)) => TaskResult {
+            status: 200,
+            body: api::success_body(&task.id, &task.trace_id, &data),
+        },
+        Ok(Err(error)) => fail(error),
+        Err(_) => fail(ApiError::new(
+            ErrorCode::ApiError,
+            "The task did not finish before its deadline.",
+        )),
+    }
+}
+
+async fn make_images(
+    tasks: &Tasks,
+    task: &ClaimedTask,
+    deadline_ms: i64,
+) -> Result<Vec<ImageEntry>, ApiError> {
+    let body: Value = serde_json::from_str(&task.request).map_err(|e| {
+        tracing::error!(error = %e, "stored request is not JSON");
+        ApiError::internal()
+    })?;
+    // The stored request was valid when accepted; limits only bound sizes, so the loosest ones
+    // re-parse it identically.
+    let loose = RequestLimits {
+        max_prompt_chars: usize::MAX,
+        max_url_chars: usize::MAX,
+    };
+    let request = ImagesRequest::parse(&body, &loose).map_err(|e| {
+        tracing::error!(error = %e, "stored request no longer parses");
+        ApiError::internal()
+    })?;
+    let Some(route) = tasks.routes.get(request.model) else {
+        return Err(ApiError::new(
+            ErrorCode::ApiNotImplemented,
+            format!(
+                "model {} is not offered by this server.",
+                request.model.name()
+            ),
+        ));
+    };
+
+    let loads = request
+        .image_urls
+        .iter()
+        .map(|source| tasks.fetcher.load_image(source));
+    let mut inputs = Vec::with_capacity(request.image_urls.len());
+    for (i, loaded) in join_all(loads).await.into_iter().enumerate() {
+        inputs.push(loaded.map_err(|e| image_error(i, &e))?);
+    }
+
+    let ratio = request.aspect_ratio.unwrap_or_else(|| {
+        inputs
+            .first()
+            .map(|first| AspectRatio::nearest(first.width, first.height))
+            .unwrap_or(AspectRatio::R1x1)
+    });
+    let (width, height) = request.model.pixel_size(ratio, request.resolution);
+    let job = ImageJob {
+        prompt: request.prompt.clone(),
+        model: request.model.name().to_owned(),
+        upstream_model: route.upstream_model.clone(),
+        inputs,
+        // An edit without a ratio leaves it out: the upstream then follows the first image.
+        aspect_ratio: request.aspect_ratio,
+        image_size: route.sends_image_size.then_some(request.resolution),
+        width,
+        height,
+    };
+
+    let calls = (0..request.count).map(|_| {
+        let provider = route.provider.clone();
+        let job = &job;
+        async move {
+            let image = generate_with_retry(tasks, provider.as_ref(), job, deadline_ms).await?;
+            store_image(&tasks.store, image).await
+        }
+    });
+    let outcomes = join_all(calls).await;
+
+    let mut data = Vec::new();
+    let mut errors = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(key) => data.push(ImageEntry {
+                prompt: request.prompt.clone(),
+                image_url: format!("{}/images/{key}", tasks.public_base_url),
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !data.is_empty() {
+        if !errors.is_empty() {
+            tracing::warn!(
+                succeeded = data.len(),
+                failed = errors.len(),
+                "partial success"
+            );
+        }
+        return Ok(data);
+    }
+    Err(summarise_failure(&errors))
+}
+
+#[derive(Debug)]
+enum ImageFailure {
+    Provider(ProviderError, u32),
+    Store,
+}
+
+async fn store_image(
+    store: &ImageStore,
+    image: crate::providers::GeneratedImage,
+) -> Result<String, ImageFailure> {
+    let key = ImageStore::new_key(&image.mime_type);
+    store.put(&key, image.bytes).await.map_err(|e| {
+        tracing::error!(error = %e, "could not store a generated image");
+        ImageFailure::Store
+    })?;
+    Ok(key)
+}
+
+async fn generate_with_retry(
+    tasks: &Tasks,
+    provider: &dyn ImageProvider,
+    job: &ImageJob,
+    deadline_ms: i64,
+) -> Result<crate::providers::GeneratedImage, ImageFailure> {
+    let max_attempts = tasks.settings.max_attempts.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let started = Instant::now();
+        let result = provider.generate(job).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(image) => {
+                tracing::info!(
+                    provider = provider.name(),
+                    attempt,
+                    elapsed_ms,
+                    "upstream made an image"
+                );
+                return Ok(image);
+            }
+            Err(error) => {
+                tracing::warn!(provider = provider.name(), attempt, elapsed_ms, error = %error, "upstream call failed");
+                if !error.is_retryable() || attempt >= max_attempts {
+                    return Err(ImageFailure::Provider(error, attempt));
+                }
+                let delay = backoff(tasks.settings.retry_base, attempt, error.retry_after());
+                // Waiting past the deadline would only turn this failure into a deadline one.
+                if now_ms() + delay.as_millis() as i64 >= deadline_ms {
+                    return Err(ImageFailure::Provider(error, attempt));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter on the upper half, never shorter than what the upstream
+/// asked for (`RetryInfo`), capped at a minute.
+pub(crate) fn backoff(base: Duration, attempt: u32, asked: Option<Duration>) -> Duration {
+    let exponential = base.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let capped = exponential.min(Duration::from_secs(60));
+    let jittered = capped.mul_f64(rand::rng().random_range(0.5..=1.0));
+    jittered.max(asked.unwrap_or_default())
+}
+
+/// No image was made: a refusal of every image is `forbidden` (and not billed); anything else is
+/// `api_error` with a message that says what happened, without upstream internals.
+fn summarise_failure(errors: &[ImageFailure]) -> ApiError {
+    let all_refused = !errors.is_empty()
+        && errors
+            .iter()
+            .all(|e| matches!(e, ImageFailure::Provider(ProviderError::Refused(_), _)));
+    if all_refused {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "The upstream model's safety policy refused to make this image.",
+        );
+    }
+    let message = match errors.first() {
+        Some(ImageFailure::Provider(error, attempts)) => match error {
+            ProviderError::Refused(_) => {
+                "The upstream model's safety policy refused to make this image.".to_owned()
+            }
+            ProviderError::NoImage(_) => "The upstream model returned no image.".to_owned(),
+            ProviderError::Upstream { status, .. } => format!(
+                "The upstream model failed: it answered HTTP {status} (after {attempts} attempt{}).",
+                if *attempts == 1 { "" } else { "s" }
+            ),
+            ProviderError::Transport { .. } => format!(
+                "The upstream model could not be reached (after {attempts} attempt{}).",
+                if *attempts == 1 { "" } else { "s" }
+            ),
+            ProviderError::InvalidResponse(_) => {
+                "The upstream model's answer could not be read.".to_owned()
+            }
+        },
+        Some(ImageFailure::Store) => "The image could not be stored.".to_owned(),
+        None => "No image was made.".to_owned(),
+    };
+    ApiError::new(ErrorCode::ApiError, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_the_upstream() {
+        let base = Duration::from_millis(100);
+        let first = backoff(base, 1, None);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        let third = backoff(base, 3, None);
+        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+        assert!(backoff(base, 40, None) <= Duration::from_secs(60));
+        assert_eq!(
+            backoff(base, 1, Some(Duration::from_secs(15))),
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn refusals_of_every_image_are_forbidden_and_mixed_failures_are_api_errors() {
+        let refused = || ImageFailure::Provider(ProviderError::Refused("IMAGE_SAFETY".into()), 1);
+        assert_eq!(
+            summarise_failure(&[refused(), refused()]).code,
+            ErrorCode::Forbidden
+        );
+        let unavailable = ImageFailure::Provider(
+            ProviderError::Upstream {
+                status: 503,
+                message: "UNAVAILABLE".into(),
+                retry_after: None,
+            },
+            4,
+        );
+        let error = summarise_failure(&[unavailable, refused()]);
+        assert_eq!(error.code, ErrorCode::ApiError);
+        assert_eq!(
+            error.message,
+            "The upstream model failed: it answered HTTP 503 (after 4 attempts)."
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Tokens on every API route; trace ids and `no_api` everywhere.
+
+use serde_json::json;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn a_missing_token_is_no_token() {
+    let app = spawn_app().await;
+    for path in [
+        "/nano-banana/images",
+        "/nano-banana/tasks",
+        "/gemini/images",
+        "/nanobanana/tasks",
+    ] {
+        let answer = app
+            .post(path, None, json!({"prompt": "x"}).to_string())
+            .await;
+        assert_error(&answer, 400, "no_token");
+    }
+    let answer = app
+        .client
+        .post(format!("{}/nano-banana/images", app.address))
+        .header("authorization", "Basic abc")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_error(&crate::helpers::answer(answer).await, 400, "no_token");
+}
+
+#[tokio::test]
+async fn an_unknown_token_is_invalid_token() {
+    let app = spawn_app().await;
+    let answer = app
+        .post(
+            "/nano-banana/images",
+            Some("nb-wrong"),
+            json!({"prompt": "x"}).to_string(),
+        )
+        .await;
+    assert_error(&answer, 401, "invalid_token");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_and_header_name_are_case_insensitive() {
+    let app = spawn_app().await;
+    let answer = app
+        .client
+        .post(format!("{}/nano-banana/tasks", app.address))
+        .header("Authorization", format!("bearer {}", app.token))
+        .header("accept", "*/*")
+        .body(json!({"id": "nope"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let answer = crate::helpers::answer(answer).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, json!({}));
+}
+
+#[tokio::test]
+async fn unknown_paths_are_no_api_with_or_without_a_token() {
+    let app = spawn_app().await;
+    for token in [None, Some(app.token.as_str())] {
+        let answer = app.post("/nano-banana/videos", token, "{}".into()).await;
+        assert_error(&answer, 404, "no_api");
+    }
+    let answer = crate::helpers::answer(app.get("/nope").await).await;
+    assert_error(&answer, 404, "no_api");
+    let answer = crate::helpers::answer(app.get("/images/not-a-key.png").await).await;
+    assert_error(&answer, 404, "no_api");
+    let answer = crate::helpers::answer(app.get("/nano-banana/images").await).await;
+    assert_error(&answer, 404, "no_api");
+}
+
+#[tokio::test]
+async fn health_and_openapi_answer_without_a_token() {
+    let app = spawn_app().await;
+    let health = crate::helpers::answer(app.get("/healthz").await).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["status"], "ok");
+    crate::helpers::assert_trace_id(&health);
+    let openapi = crate::helpers::answer(app.get("/openapi.json").await).await;
+    assert_eq!(openapi.status, 200);
+    assert!(openapi.body["openapi"].as_str().unwrap().starts_with("3."));
+}

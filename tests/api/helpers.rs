@@ -1,0 +1,254 @@
+//! `spawn_app()` starts the real server in-process on a random port with a fresh database and
+//! image folder; `TestApp` has typed helpers for the contract's routes.
+
+use std::time::{Duration, Instant};
+
+use nano_banana::{app::Application, config::Config, fetch::AllowRule, tasks::TaskSettings};
+use reqwest::{StatusCode, header::HeaderMap};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "nb-test-token-0123456789";
+
+pub struct TestApp {
+    pub address: String,
+    pub token: String,
+    pub client: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The server in placeholder mode (no upstream key).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The server with a config adjusted by the test (e.g. pointed at a fake Gemini).
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(data_dir.path());
+    adjust(&mut config);
+    start(config, data_dir).await
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::with_data_dir(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.bootstrap_token = Some(TOKEN.to_owned());
+    // Test receivers and image hosts live on loopback; the policy must let exactly those in.
+    config.fetch.allow = vec!["127.0.0.1/32".parse::<AllowRule>().unwrap()];
+    config.poll_interval = Duration::from_millis(50);
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+pub async fn start(config: Config, data_dir: tempfile::TempDir) -> TestApp {
+    nano_banana::telemetry::init();
+    let app = Application::build_with(config, fast_retries)
+        .await
+        .expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        token: TOKEN.to_owned(),
+        client: reqwest::Client::new(),
+        data_dir,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+fn fast_retries(settings: &mut TaskSettings) {
+    settings.retry_base = Duration::from_millis(10);
+    settings.callback_retry_base = Duration::from_millis(20);
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn post_images(&self, body: Value) -> Answer {
+        self.post("/nano-banana/images", Some(&self.token), body.to_string())
+            .await
+    }
+
+    pub async fn post_tasks(&self, body: Value) -> Answer {
+        self.post("/nano-banana/tasks", Some(&self.token), body.to_string())
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: String) -> Answer {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        answer(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path_or_url: &str) -> reqwest::Response {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.address)
+        };
+        self.client.get(url).send().await.expect("request sent")
+    }
+
+    /// Polls `retrieve` until the task is finished (or the deadline passes).
+    pub async fn wait_for_task(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let record = self
+                .post_tasks(json!({"action": "retrieve", "id": id}))
+                .await
+                .body;
+            let state = record["state"].as_str().unwrap_or_default().to_owned();
+            if state == "succeeded" || state == "failed" {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} did not finish: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server (graceful shutdown) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body read");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Asserts a contract error: status, code, the body's shape, and the trace id echoed in the
+/// `x-trace-id` header.
+pub fn assert_error(answer: &Answer, status: u16, code: &str) {
+    assert_eq!(answer.status.as_u16(), status, "body: {}", answer.body);
+    assert_eq!(answer.body["success"], false, "body: {}", answer.body);
+    assert_eq!(answer.body["error"]["code"], code, "body: {}", answer.body);
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "a message: {}",
+        answer.body
+    );
+    assert_trace_id(answer);
+}
+
+pub fn assert_trace_id(answer: &Answer) {
+    let header = answer
+        .headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("an x-trace-id header");
+    assert!(uuid::Uuid::parse_str(header).is_ok(), "a UUID: {header}");
+    if answer.body.get("trace_id").is_some() {
+        assert_eq!(answer.body["trace_id"], header);
+    }
+}
+
+/// A small real PNG of the given size.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png encodes");
+    out.into_inner()
+}
+
+pub fn data_uri(bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// Downloads an image URL and decodes it.
+pub async fn download_image(app: &TestApp, url: &str) -> (String, image::DynamicImage) {
+    let response = app.get(url).await;
+    assert_eq!(response.status(), 200, "{url}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = response.bytes().await.expect("image bytes");
+    let image = image::load_from_memory(&bytes).expect("a decodable image");
+    (content_type, image)
+}
+
+/// A loopback HTTP server that answers every GET with the same image bytes.
+pub struct ImageHost {
+    pub port: u16,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ImageHost {
+    pub async fn start(bytes: Vec<u8>) -> ImageHost {
+        let bytes = bytes::Bytes::from(bytes);
+        let app = axum::Router::new().fallback(move || {
+            let bytes = bytes.clone();
+            async move { ([("content-type", "image/png")], bytes) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ImageHost { port, server }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for ImageHost {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}

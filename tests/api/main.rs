@@ -1,0 +1,7 @@
+//! The integration suite: one binary, the real server on a random port, driven over HTTP.
+
+mod helpers;
+
+mod auth;
+mod images;
+mod tasks;
