@@ -128,6 +128,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_CALLBACK_RETRY_FOR", value_name = "SECONDS")]
     pub callback_retry_for: Option<u64>,
 
+    /// Sign callbacks per Standard Webhooks with this secret (`whsec_` + base64)
+    #[arg(
+        long,
+        env = "NANO_BANANA_CALLBACK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub callback_secret: Option<String>,
+
     /// When the database has no token yet, the first token is this value instead of a random one
     #[arg(
         long,
@@ -174,6 +183,8 @@ pub struct Config {
     pub fetch: FetchPolicy,
     pub callback_timeout: Duration,
     pub callback_retry_for: Duration,
+    /// The decoded Standard Webhooks signing key, when callbacks are signed.
+    pub callback_signing_key: Option<Vec<u8>>,
     pub bootstrap_token: Option<String>,
     pub shutdown_grace: Duration,
     pub models: BTreeMap<String, RouteConfig>,
@@ -212,6 +223,7 @@ impl Config {
             fetch: FetchPolicy::default(),
             callback_timeout: Duration::from_secs(10),
             callback_retry_for: Duration::from_secs(24 * 3600),
+            callback_signing_key: None,
             bootstrap_token: None,
             shutdown_grace: Duration::from_secs(30),
             models: BTreeMap::new(),
@@ -320,6 +332,9 @@ impl Config {
         if let Some(s) = take!(shutdown_grace) {
             config.shutdown_grace = Duration::from_secs(s);
         }
+        if let Some(secret) = take!(callback_secret).filter(|s| !s.is_empty()) {
+            config.callback_signing_key = Some(decode_webhook_secret(&secret)?);
+        }
         config.bootstrap_token = take!(bootstrap_token).filter(|t| !t.is_empty());
 
         let placeholder = take!(placeholder).unwrap_or(false);
@@ -357,6 +372,19 @@ impl Config {
         config.models = models;
         Ok(config)
     }
+}
+
+/// A Standard Webhooks secret: `whsec_` followed by base64 of at least 24 random bytes.
+pub fn decode_webhook_secret(secret: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| anyhow::anyhow!("--callback-secret must be `whsec_` followed by base64"))?;
+    if key.len() < 24 {
+        bail!("--callback-secret is too short: use at least 24 random bytes");
+    }
+    Ok(key)
 }
 
 fn sqlite_url(data_dir: &Path) -> String {

@@ -1,8 +1,12 @@
-//! The `nano-banana` command: the server (`serve`) and the client commands.
+//! The `nano-banana` command: the server (`serve`), the client commands (`generate`, `edit`,
+//! `task`) and a fake Gemini upstream for trying things out offline (`fake-gemini`).
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nano_banana::{
     app::Application,
+    client,
     config::{Config, ServeArgs},
     telemetry,
 };
@@ -11,7 +15,12 @@ use nano_banana::{
 #[command(
     name = "nano-banana",
     version,
-    about = "A self-hosted server for the Nano Banana Images API"
+    about = "A self-hosted server for the Nano Banana Images API, and a client for it",
+    long_about = "A self-hosted server for the Nano Banana Images API (image generation and \
+                  editing with Google's Gemini image models), and a command-line client that \
+                  talks to any server speaking the same contract.\n\n\
+                  Server settings come from flags, then NANO_BANANA_* environment variables, \
+                  then an optional TOML file (--config), then built-in defaults."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,20 +30,42 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (SQLite and a local folder under ./data by default)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Generate images from a prompt
+    Generate(client::GenerateArgs),
+    /// Edit images (local files or URLs) following a prompt
+    Edit(client::EditArgs),
+    /// Show a task, or wait for it to finish and save its images
+    Task(client::TaskArgs),
+    /// Run a fake Gemini upstream on loopback (for trying the server without a key)
+    FakeGemini(FakeGeminiArgs),
+}
+
+#[derive(clap::Args)]
+struct FakeGeminiArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: std::net::SocketAddr,
+    /// Delay before each answer, in milliseconds
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
+        Command::Generate(args) => client::generate(args).await,
+        Command::Edit(args) => client::edit(args).await,
+        Command::Task(args) => client::task(args).await,
+        Command::FakeGemini(args) => fake_gemini(args).await,
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
@@ -43,9 +74,70 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init();
     let config = Config::resolve(args)?;
     let app = Application::build(config).await?;
-    println!("nano-banana is listening on {}", app.base_url());
-    app.run_until_stopped(async {
+    if app.uses_placeholder() {
+        tracing::warn!(
+            "no upstream API key: images are offline PLACEHOLDERS (set GEMINI_API_KEY for real ones)"
+        );
+    }
+    let base = app.base_url().to_owned();
+    let token = match app.created_token() {
+        Some(token) => {
+            println!(
+                "Created the first application and its token (shown only this once):\n\n    {token}\n"
+            );
+            token.to_owned()
+        }
+        None => "$NANO_BANANA_TOKEN".to_owned(),
+    };
+    println!("nano-banana is listening on {base}\n\nTry it:\n");
+    println!(
+        "curl -X POST '{base}/nano-banana/images' \\\n  -H 'authorization: Bearer {token}' \\\n  \
+         -H 'content-type: application/json' \\\n  -d '{{\"action\": \"generate\", \"prompt\": \"a nano banana on a plate\"}}'\n"
+    );
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+async fn fake_gemini(args: FakeGeminiArgs) -> anyhow::Result<()> {
+    telemetry::init();
+    let options = nano_banana::fake::gemini::FakeGeminiOptions {
+        latency: if args.latency_ms == 0 {
+            nano_banana::fake::gemini::Latency::None
+        } else {
+            nano_banana::fake::gemini::Latency::Fixed(std::time::Duration::from_millis(
+                args.latency_ms,
+            ))
+        },
+        ..Default::default()
+    };
+    let fake = nano_banana::fake::gemini::FakeGemini::start_on(args.listen, options).await?;
+    println!(
+        "fake Gemini upstream on {} (any API key); point the server at it with\n  \
+         NANO_BANANA_GEMINI_BASE_URL={} GEMINI_API_KEY=fake nano-banana serve",
+        fake.base_url(),
+        fake.base_url()
+    );
+    shutdown_signal().await;
+    Ok(())
 }

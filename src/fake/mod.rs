@@ -1,1 +1,5 @@
-// TEMPORARY STUB
+//! Fake upstreams: real HTTP servers on loopback that speak an upstream's wire format, used by
+//! the integration tests, the benchmarks and `nano-banana fake-gemini`. Never used to serve
+//! real requests.
+
+pub mod gemini;

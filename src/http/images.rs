@@ -5,7 +5,7 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
@@ -20,14 +20,16 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Authenticated(caller): Authenticated,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
+    let idempotency_key = idempotency_key(&trace_id, &headers)?;
     let body = parse_json_body(&trace_id, body)?;
     let request = ImagesRequest::parse(&body, &state.limits)
         .map_err(|e| HttpError::new(&trace_id, ApiError::bad_request(e.0)))?;
     let submitted = state
         .tasks
-        .submit(&caller, &trace_id, &body, &request)
+        .submit(&caller, &trace_id, &body, &request, idempotency_key)
         .await
         .map_err(|e| HttpError::new(&trace_id, e))?;
     if request.answers_at_once() {
@@ -37,6 +39,29 @@ pub async fn create(
     let result = state.tasks.wait(submitted).await;
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     Ok((status, Json(result.body)).into_response())
+}
+
+/// The longest `Idempotency-Key` accepted (Stripe's limit).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Our `Idempotency-Key` header: printable ASCII, at most 255 characters.
+fn idempotency_key<'a>(
+    trace_id: &str,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, HttpError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.trim().is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => {
+            Ok(Some(key.trim()))
+        }
+        _ => Err(HttpError::code(
+            trace_id,
+            ErrorCode::BadRequest,
+            "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+        )),
+    }
 }
 
 /// A JSON object from the body, or the contract's error: 413 over the size limit, 400 for

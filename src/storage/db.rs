@@ -221,23 +221,72 @@ impl Db {
     // ---- tasks ------------------------------------------------------------------------------
 
     pub async fn insert_task(&self, task: &NewTask<'_>) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-             request, state, callback_url, created_at, run_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
-        )
-        .bind(task.id)
-        .bind(task.trace_id)
-        .bind(task.application_id)
-        .bind(task.user_id)
-        .bind(task.api_id)
-        .bind(task.credential_id)
-        .bind(task.request)
-        .bind(task.callback_url)
-        .bind(task.now)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        insert_task(&mut tx, task).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Inserts the task unless `key` was used by the same application since `not_before`; then
+    /// nothing is written and the earlier task's id and request hash are returned.
+    pub async fn insert_task_once(
+        &self,
+        task: &NewTask<'_>,
+        key: &str,
+        request_hash: &str,
+        not_before: i64,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        // An expired key is forgotten, so it can be used again.
+        sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE application_id = $1 AND key = $2 AND created_at < $3",
+        )
+        .bind(task.application_id)
+        .bind(key)
+        .bind(not_before)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (application_id, key, task_id, request_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(task.application_id)
+        .bind(key)
+        .bind(task.id)
+        .bind(request_hash)
+        .bind(task.now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            let row = sqlx::query(
+                "SELECT task_id, request_hash FROM idempotency_keys \
+                 WHERE application_id = $1 AND key = $2",
+            )
+            .bind(task.application_id)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Some((
+                row.try_get("task_id")?,
+                row.try_get("request_hash")?,
+            )));
+        }
+        insert_task(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// The current state of a task, whoever owns it.
+    pub async fn task_state(&self, id: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT state FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("state"))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Claims up to `limit` runnable tasks: pending ones whose time has come, and processing ones
@@ -508,6 +557,29 @@ pub enum CallbackOutcome {
     Delivered,
     RetryAt(i64),
     GaveUp,
+}
+
+async fn insert_task(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    task: &NewTask<'_>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
+         request, state, callback_url, created_at, run_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
+    )
+    .bind(task.id)
+    .bind(task.trace_id)
+    .bind(task.application_id)
+    .bind(task.user_id)
+    .bind(task.api_id)
+    .bind(task.credential_id)
+    .bind(task.request)
+    .bind(task.callback_url)
+    .bind(task.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn task_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, sqlx::Error> {

@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use tokio::sync::watch;
 
 use super::{Tasks, now_ms, worker::backoff};
-use crate::storage::db::{CallbackAttempt, CallbackOutcome, CallbackRow};
+use crate::{
+    fetch::FetchError,
+    storage::db::{CallbackAttempt, CallbackOutcome, CallbackRow},
+};
 
 /// At most this many deliveries in flight per process: a slow receiver holds one slot for at
 /// most the callback timeout, so it cannot hold up the others.
@@ -70,9 +73,10 @@ async fn deliver(tasks: &Tasks, callback: CallbackRow) {
     let attempt = callback.attempts + 1;
     let started = Instant::now();
     let at = now_ms();
-    let (status, error) = match post(tasks, &callback).await {
-        Ok(status) => (Some(status), None),
-        Err(error) => (None, Some(error)),
+    let (status, error, refused) = match post(tasks, &callback).await {
+        Ok(status) => (Some(status), None, false),
+        Err(PostFailure::Refused(error)) => (None, Some(error), true),
+        Err(PostFailure::Failed(error)) => (None, Some(error), false),
     };
     let delivered = status.is_some_and(|s| (200..300).contains(&s));
     let error = match (delivered, status, error) {
@@ -80,7 +84,6 @@ async fn deliver(tasks: &Tasks, callback: CallbackRow) {
         (false, Some(status), _) => Some(format!("the receiver answered HTTP {status}")),
         (false, None, error) => error,
     };
-    let refused = error.as_deref().is_some_and(|e| e.starts_with("refused"));
     let outcome = if delivered {
         CallbackOutcome::Delivered
     } else {
@@ -131,15 +134,31 @@ async fn deliver(tasks: &Tasks, callback: CallbackRow) {
     }
 }
 
-/// One POST of the final body. `Ok(status)` for any HTTP answer; `Err` says why none came.
-async fn post(tasks: &Tasks, callback: &CallbackRow) -> Result<u16, String> {
-    if let Err(e) = tasks.fetcher.check_url(&callback.url) {
-        return Err(format!("refused by the outbound policy: {e}"));
-    }
-    let response = tasks
+/// Why a POST got no HTTP answer.
+enum PostFailure {
+    /// The outbound policy refuses this URL; it will refuse it every time.
+    Refused(String),
+    /// Anything that may work later: connection refused, timeout, reset.
+    Failed(String),
+}
+
+/// One POST of the final body. `Ok(status)` for any HTTP answer.
+async fn post(tasks: &Tasks, callback: &CallbackRow) -> Result<u16, PostFailure> {
+    let mut request = tasks
         .fetcher
-        .client()
-        .post(&callback.url)
+        .request(reqwest::Method::POST, &callback.url)
+        .map_err(|e| PostFailure::Refused(format!("refused by the outbound policy: {e}")))?;
+    if let Some(key) = &tasks.settings.callback_signing_key {
+        // The id is the callback's, the same on every retry, so receivers can de-duplicate.
+        let id = format!("msg_{}", callback.id);
+        let timestamp = (now_ms() / 1000).to_string();
+        let signature = sign(key, &id, &timestamp, &callback.body);
+        request = request
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", signature);
+    }
+    let response = request
         .header("content-type", "application/json")
         .header(
             "user-agent",
@@ -149,24 +168,34 @@ async fn post(tasks: &Tasks, callback: &CallbackRow) -> Result<u16, String> {
         .body(callback.body.clone())
         .send()
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| match FetchError::from(e) {
+            FetchError::Refused(reason) => {
+                PostFailure::Refused(format!("refused by the outbound policy: {reason}"))
+            }
+            FetchError::Timeout => {
+                PostFailure::Failed("the receiver did not answer in time".into())
+            }
+            other => PostFailure::Failed(other.to_string()),
+        })?;
     Ok(response.status().as_u16())
 }
 
-fn describe(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "the receiver did not answer in time".to_owned()
-    } else if error.is_connect() {
-        format!("could not connect: {}", root_cause(error))
-    } else {
-        format!("the request failed: {}", root_cause(error))
-    }
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
+/// Standard Webhooks: `v1,` + base64 of HMAC-SHA256 over `{id}.{timestamp}.{body}`.
+pub fn sign(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }

@@ -32,6 +32,9 @@ mod worker;
 /// The id of the one API this server offers, as it appears in task records (`api_id`).
 pub const IMAGES_API_ID: &str = "5f1e3a0c-9b7d-4c2e-8a61-3d2b9f4e7c10";
 
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// Who is asking: resolved from the bearer token by the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -69,6 +72,8 @@ pub struct TaskSettings {
     pub callback_timeout: Duration,
     pub callback_retry_for: Duration,
     pub callback_retry_base: Duration,
+    /// Standard Webhooks signing key; `None`: callbacks are unsigned.
+    pub callback_signing_key: Option<Vec<u8>>,
     /// A task claimed this many times without finishing (its process kept dying) fails.
     pub max_claims: i64,
 }
@@ -85,6 +90,7 @@ impl TaskSettings {
             callback_timeout: config.callback_timeout,
             callback_retry_for: config.callback_retry_for,
             callback_retry_base: Duration::from_secs(5),
+            callback_signing_key: config.callback_signing_key.clone(),
             max_claims: 5,
         }
     }
@@ -162,6 +168,9 @@ impl Tasks {
     /// Checks what can be checked before a task exists (input image sources), then writes the
     /// task. Sync requests get a receiver for the result, registered before the task is visible
     /// to workers so that a fast worker cannot finish it unseen.
+    ///
+    /// With an idempotency key already used by this application in the last 24 hours, no task
+    /// is created: the answer is the original task's.
     #[tracing::instrument(skip_all, fields(trace_id = %trace_id))]
     pub async fn submit(
         &self,
@@ -169,50 +178,88 @@ impl Tasks {
         trace_id: &str,
         body: &Value,
         request: &ImagesRequest,
+        idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
         for (i, source) in request.image_urls.iter().enumerate() {
             self.check_image_source(i, source)?;
         }
         let task_id = uuid::Uuid::new_v4().to_string();
-        let receiver = if request.answers_at_once() {
-            None
-        } else {
-            let (sender, receiver) = oneshot::channel();
-            self.lock_waiters()
-                .entry(task_id.clone())
-                .or_default()
-                .push(sender);
-            Some(receiver)
-        };
+        let sync = !request.answers_at_once();
+        let receiver = sync.then(|| self.register_waiter(&task_id));
         let request_json = body.to_string();
-        let inserted = self
-            .db
-            .insert_task(&NewTask {
-                id: &task_id,
-                trace_id,
-                application_id: &caller.application_id,
-                user_id: &caller.user_id,
-                api_id: IMAGES_API_ID,
-                credential_id: &caller.token_id,
-                request: &request_json,
-                callback_url: request.callback_url.as_deref(),
-                now: now_ms(),
-            })
-            .await;
-        if let Err(e) = inserted {
+        let now = now_ms();
+        let task = NewTask {
+            id: &task_id,
+            trace_id,
+            application_id: &caller.application_id,
+            user_id: &caller.user_id,
+            api_id: IMAGES_API_ID,
+            credential_id: &caller.token_id,
+            request: &request_json,
+            callback_url: request.callback_url.as_deref(),
+            now,
+        };
+        let inserted = match idempotency_key {
+            None => self.db.insert_task(&task).await.map(|()| None),
+            Some(key) => {
+                // serde_json sorts object keys, so equal bodies hash equal whatever their order.
+                let hash = crate::http::auth::token_hash(&request_json);
+                let window = IDEMPOTENCY_WINDOW.as_millis() as i64;
+                self.db
+                    .insert_task_once(&task, key, &hash, now - window)
+                    .await
+                    .map(|existing| existing.map(|(id, earlier)| (id, earlier == hash)))
+            }
+        };
+        let existing = match inserted {
+            Ok(existing) => existing,
+            Err(e) => {
+                self.lock_waiters().remove(&task_id);
+                tracing::error!(error = %e, "could not record a new task");
+                return Err(ApiError::internal());
+            }
+        };
+        if let Some((original, same_request)) = existing {
             self.lock_waiters().remove(&task_id);
-            tracing::error!(error = %e, "could not record a new task");
-            return Err(ApiError::internal());
+            if !same_request {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key was already used with a different request body.",
+                ));
+            }
+            tracing::info!(task_id = %original, "idempotent replay");
+            let receiver = sync.then(|| self.register_waiter(&original));
+            return Ok(Submitted {
+                task_id: original,
+                receiver,
+                replayed: true,
+            });
         }
         tracing::info!(task_id = %task_id, model = request.model.name(), count = request.count, "task accepted");
         self.task_queued.notify_one();
-        Ok(Submitted { task_id, receiver })
+        Ok(Submitted {
+            task_id,
+            receiver,
+            replayed: false,
+        })
+    }
+
+    fn register_waiter(&self, task_id: &str) -> oneshot::Receiver<TaskResult> {
+        let (sender, receiver) = oneshot::channel();
+        self.lock_waiters()
+            .entry(task_id.to_owned())
+            .or_default()
+            .push(sender);
+        receiver
     }
 
     /// Waits for a sync request's task. The in-process signal is the fast path; the database is
     /// checked every few seconds too, in case another process ran the task (after a restart).
     pub async fn wait(&self, submitted: Submitted) -> TaskResult {
-        let Submitted { task_id, receiver } = submitted;
+        let Submitted {
+            task_id,
+            receiver,
+            replayed,
+        } = submitted;
         let Some(mut receiver) = receiver else {
             return TaskResult {
                 status: 200,
@@ -220,7 +267,11 @@ impl Tasks {
             };
         };
         let mut check = tokio::time::interval(Duration::from_secs(3));
-        check.tick().await;
+        // A replayed task may have finished long ago: look at once (the waiter was registered
+        // first, so a result recorded in between is not missed either).
+        if !replayed {
+            check.tick().await;
+        }
         loop {
             tokio::select! {
                 result = &mut receiver => {
@@ -303,6 +354,8 @@ impl Tasks {
 pub struct Submitted {
     pub task_id: String,
     receiver: Option<oneshot::Receiver<TaskResult>>,
+    /// An idempotent replay of an earlier request: no new task was created.
+    pub replayed: bool,
 }
 
 /// The contract's error for an input image that could not be used, naming which one.

@@ -15,6 +15,8 @@ pub struct TestApp {
     pub token: String,
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
+    pub tasks: std::sync::Arc<nano_banana::tasks::Tasks>,
+    config: Config,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -45,10 +47,11 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 
 pub async fn start(config: Config, data_dir: tempfile::TempDir) -> TestApp {
     nano_banana::telemetry::init();
-    let app = Application::build_with(config, fast_retries)
+    let app = Application::build_with(config.clone(), fast_retries)
         .await
         .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let tasks = app.tasks();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -58,6 +61,8 @@ pub async fn start(config: Config, data_dir: tempfile::TempDir) -> TestApp {
         token: TOKEN.to_owned(),
         client: reqwest::Client::new(),
         data_dir,
+        tasks,
+        config,
         stop: Some(stop),
         server: Some(server),
     }
@@ -126,14 +131,18 @@ impl TestApp {
         }
     }
 
-    /// Stops the server (graceful shutdown) and waits for it.
-    pub async fn stop(mut self) {
+    /// Stops the server (graceful shutdown), waits for it, and starts a new one on the same
+    /// database and image folder.
+    pub async fn restart(mut self) -> TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("clean shutdown");
         }
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let kept = std::mem::replace(&mut self.data_dir, data_dir);
+        start(self.config.clone(), kept).await
     }
 }
 
@@ -250,5 +259,93 @@ impl ImageHost {
 impl Drop for ImageHost {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// A loopback receiver for callbacks: records every POST; fails the first `fail_first` with 500;
+/// with `hang`, never answers.
+#[derive(Clone)]
+pub struct CallbackReceiver {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(HeaderMap, Value)>>>,
+    raw: std::sync::Arc<std::sync::Mutex<Vec<bytes::Bytes>>>,
+}
+
+impl CallbackReceiver {
+    pub async fn start(fail_first: usize, hang: bool) -> CallbackReceiver {
+        use std::sync::{
+            Arc, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let received: Arc<Mutex<Vec<(HeaderMap, Value)>>> = Arc::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let log = received.clone();
+        let raw: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
+        let raw_log = raw.clone();
+        let app = axum::Router::new().fallback(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let log = log.clone();
+                let raw_log = raw_log.clone();
+                let calls = calls.clone();
+                async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let mut map = HeaderMap::new();
+                    for (name, v) in headers.iter() {
+                        map.insert(name.clone(), v.clone());
+                    }
+                    log.lock().unwrap().push((map, value));
+                    raw_log.lock().unwrap().push(body);
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    if n < fail_first {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        CallbackReceiver {
+            port,
+            received,
+            raw,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/callback", self.port)
+    }
+
+    pub fn received(&self) -> Vec<(HeaderMap, Value)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The exact bytes of each post, in arrival order.
+    pub fn raw_bodies(&self) -> Vec<bytes::Bytes> {
+        self.raw.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` posts arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} callbacks arrived",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

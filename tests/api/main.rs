@@ -3,5 +3,9 @@
 mod helpers;
 
 mod auth;
+mod callbacks;
+mod gemini;
+mod idempotency;
 mod images;
+mod lifecycle;
 mod tasks;

@@ -1,0 +1,71 @@
+//! Restarts and graceful shutdown: tasks and images outlive the process that made them.
+
+use std::time::Duration;
+
+use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Scenario};
+use serde_json::json;
+
+use crate::helpers::{download_image, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn tasks_and_images_survive_a_restart() {
+    let app = spawn_app().await;
+    let answer = app.post_images(json!({"prompt": "durable"})).await;
+    let id = answer.body["task_id"].as_str().unwrap().to_owned();
+    let url = answer.body["data"][0]["image_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let app = app.restart().await;
+    let record = app.post_tasks(json!({"id": id})).await.body;
+    assert_eq!(record["state"], "succeeded");
+    // The image URL of the old process is served by the new one (same path, new port).
+    let path = &url[url.find("/images/").unwrap()..];
+    let (_, image) = download_image(&app, path).await;
+    assert_eq!(image.width(), 1024);
+}
+
+#[tokio::test]
+async fn a_graceful_stop_lets_running_tasks_finish() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(500)));
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.gemini = Some(nano_banana::config::UpstreamConfig {
+            base_url,
+            api_version: "v1beta".into(),
+            api_key: "k".into(),
+        });
+        c.official = c.gemini.clone();
+    })
+    .await;
+    let accepted = app
+        .post_images(json!({"prompt": "slow", "async": true}))
+        .await;
+    let id = accepted.body["task_id"].as_str().unwrap().to_owned();
+    // Wait until the upstream has the request, then stop while it is in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fake.request_count() == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let app = app.restart().await;
+    let record = app.post_tasks(json!({"id": id})).await.body;
+    assert_eq!(
+        record["state"], "succeeded",
+        "finished during the grace period: {record}"
+    );
+    assert_eq!(fake.request_count(), 1, "not run twice");
+}
+
+#[tokio::test]
+async fn the_first_token_is_created_once() {
+    let app = spawn_app().await;
+    let app = app.restart().await;
+    // The bootstrap token of the first start still works; no second one was made.
+    let answer = app.post_tasks(json!({"id": "x"})).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(app.tasks.db().count_tokens().await.unwrap(), 1);
+}
