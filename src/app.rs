@@ -175,6 +175,8 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             &default_upstream
         };
         let provider = match configured.and_then(|c| c.provider.as_deref()) {
+            // Not routed at all: requests for it answer `api_not_implemented`.
+            Some("disabled") => continue,
             Some("placeholder") => placeholder.clone(),
             Some(_) => match upstream {
                 Some(p) => p.clone(),

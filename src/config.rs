@@ -150,7 +150,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
 
-    /// Per-model routes (TOML only): `[models."nano-banana"] provider = "gemini", upstream_model = "…"`
+    /// Per-model routes (TOML only): `[models."nano-banana"] provider = "gemini"|"placeholder"|"disabled", upstream_model = "…"`
     #[arg(skip)]
     pub models: BTreeMap<String, RouteConfig>,
 }
@@ -159,7 +159,8 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// `gemini` or `placeholder`.
+    /// `gemini`, `placeholder`, or `disabled` (requests for the model answer
+    /// `api_not_implemented`).
     pub provider: Option<String>,
     pub upstream_model: Option<String>,
 }
@@ -364,9 +365,11 @@ impl Config {
                 bail!("[models.{name:?}] in the config file: unknown model name");
             }
             if let Some(p) = &route.provider
-                && !matches!(p.as_str(), "gemini" | "placeholder")
+                && !matches!(p.as_str(), "gemini" | "placeholder" | "disabled")
             {
-                bail!("[models.{name:?}] provider must be \"gemini\" or \"placeholder\"");
+                bail!(
+                    "[models.{name:?}] provider must be \"gemini\", \"placeholder\" or \"disabled\""
+                );
             }
         }
         config.models = models;

@@ -180,6 +180,9 @@ impl Tasks {
         request: &ImagesRequest,
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
+        if self.routes.get(request.model).is_none() {
+            return Err(not_offered(request));
+        }
         for (i, source) in request.image_urls.iter().enumerate() {
             self.check_image_source(i, source)?;
         }
@@ -356,6 +359,17 @@ pub struct Submitted {
     receiver: Option<oneshot::Receiver<TaskResult>>,
     /// An idempotent replay of an earlier request: no new task was created.
     pub replayed: bool,
+}
+
+/// A model the contract knows but this server's configuration does not offer.
+pub(crate) fn not_offered(request: &ImagesRequest) -> ApiError {
+    ApiError::new(
+        ErrorCode::ApiNotImplemented,
+        format!(
+            "model {} is not offered by this server.",
+            request.model.name()
+        ),
+    )
 }
 
 /// The contract's error for an input image that could not be used, naming which one.

@@ -254,3 +254,26 @@ async fn async_mode_answers_at_once_and_the_task_completes() {
     assert_eq!(record["response"]["task_id"], id);
     assert_eq!(record["response"]["trace_id"], answer.body["trace_id"]);
 }
+
+#[tokio::test]
+async fn a_model_the_operator_disabled_is_api_not_implemented() {
+    let app = spawn_app_with(|c| {
+        c.models.insert(
+            "nano-banana-2.1".into(),
+            nano_banana::config::RouteConfig {
+                provider: Some("disabled".into()),
+                upstream_model: None,
+            },
+        );
+    })
+    .await;
+    let answer = app
+        .post_images(json!({"prompt": "x", "model": "nano-banana-2.1"}))
+        .await;
+    assert_error(&answer, 400, "api_not_implemented");
+    assert!(answer.body.get("task_id").is_none(), "no task was created");
+    let other = app
+        .post_images(json!({"prompt": "x", "model": "nano-banana-2"}))
+        .await;
+    assert_eq!(other.status, 200);
+}

@@ -8,4 +8,5 @@ mod gemini;
 mod idempotency;
 mod images;
 mod lifecycle;
+mod openapi;
 mod tasks;

@@ -114,3 +114,47 @@ async fn invalid_task_queries_are_bad_requests() {
         assert_error(&answer, 400, "bad_request");
     }
 }
+
+#[tokio::test]
+async fn another_applications_tasks_are_invisible() {
+    let app = spawn_app().await;
+    let accepted = app
+        .post_images(json!({"prompt": "mine", "async": true}))
+        .await;
+    let id = accepted.body["task_id"].as_str().unwrap().to_owned();
+    app.wait_for_task(&id).await;
+
+    let db = app.tasks.db();
+    let now = nano_banana::tasks::now_ms();
+    db.create_application("other-app", "other", "other-user", 0, now)
+        .await
+        .unwrap();
+    let other_token = "nb-other-application-token";
+    db.create_token(
+        "other-token",
+        "other-app",
+        &nano_banana::http::auth::token_hash(other_token),
+        "nb-other",
+        "test",
+        now,
+    )
+    .await
+    .unwrap();
+    let answer = app
+        .post(
+            "/nano-banana/tasks",
+            Some(other_token),
+            json!({"id": id}).to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, json!({}));
+    let batch = app
+        .post(
+            "/nano-banana/tasks",
+            Some(other_token),
+            json!({"action": "retrieve_batch", "ids": [id]}).to_string(),
+        )
+        .await;
+    assert_eq!(batch.body, json!({"items": [], "count": 0}));
+}

@@ -1,0 +1,97 @@
+//! The OpenAPI document describes exactly the routes the server answers.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{answer, spawn_app};
+
+#[tokio::test]
+async fn every_documented_route_exists_and_every_route_is_documented() {
+    let app = spawn_app().await;
+    let doc = answer(app.get("/openapi.json").await).await.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: BTreeSet<String> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    let served: BTreeSet<String> = [
+        "POST /nano-banana/images",
+        "POST /gemini/images",
+        "POST /nanobanana/images",
+        "POST /nano-banana/tasks",
+        "POST /gemini/tasks",
+        "POST /nanobanana/tasks",
+        "GET /images/{key}",
+        "GET /healthz",
+        "GET /openapi.json",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(documented, served);
+
+    // Each documented route answers something other than `no_api`.
+    let made = app.post_images(json!({"prompt": "doc"})).await;
+    let image_url = made.body["data"][0]["image_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = image_url.rsplit('/').next().unwrap().to_owned();
+    for route in &served {
+        let (method, path) = route.split_once(' ').unwrap();
+        let response = if method == "GET" {
+            app.get(&path.replace("{key}", &key)).await
+        } else {
+            app.client
+                .post(format!("{}{path}", app.address))
+                .header("authorization", format!("Bearer {}", app.token))
+                .body(json!({"prompt": "doc", "async": true, "id": "x"}).to_string())
+                .send()
+                .await
+                .unwrap()
+        };
+        assert_eq!(response.status(), 200, "{route}");
+    }
+
+    // Every error code the server can send is in the document's enum.
+    let codes: Vec<&str> = doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for code in [
+        "no_token",
+        "bad_request",
+        "disabled",
+        "api_not_implemented",
+        "invalid_token",
+        "token_expired",
+        "token_mismatched",
+        "used_up",
+        "forbidden",
+        "no_api",
+        "request_too_large",
+        "too_many_requests",
+        "api_error",
+    ] {
+        assert!(codes.contains(&code), "{code}");
+    }
+    let models: Vec<Value> =
+        doc["components"]["schemas"]["ImagesRequest"]["properties"]["model"]["enum"]
+            .as_array()
+            .unwrap()
+            .clone();
+    assert_eq!(models.len(), nano_banana::domain::Model::all().count());
+    for model in nano_banana::domain::Model::all() {
+        assert!(models.contains(&json!(model.name())), "{}", model.name());
+    }
+}
