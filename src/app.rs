@@ -52,6 +52,8 @@ impl Application {
         let store = ImageStore::local(&config.data_dir.join("images"))
             .context("opening the image store")?;
         let routes = build_routes(&config)?;
+        // Install the metrics recorder before anything records.
+        crate::telemetry::metrics();
         let fetcher = Fetcher::new(config.fetch.clone()).context("building the HTTP client")?;
 
         let listener = TcpListener::bind(config.listen)

@@ -50,6 +50,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/images/{key}", get(files::get))
         .route("/healthz", get(meta::healthz))
         .route("/openapi.json", get(meta::openapi))
+        .route("/metrics", get(meta::metrics))
         .fallback(no_api)
         .method_not_allowed_fallback(no_api)
         .layer(middleware::from_fn(trace))

@@ -461,6 +461,23 @@ impl Db {
         Ok(response.map(|r| (status.unwrap_or(200) as u16, r)))
     }
 
+    /// Tasks per state, and callbacks still waiting for delivery (for `/metrics`).
+    pub async fn queue_stats(&self) -> Result<QueueStats, DbError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut stats = QueueStats::default();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            stats.tasks_by_state.push((state, row.try_get("n")?));
+        }
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM callbacks WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        stats.callback_backlog = row.try_get("n")?;
+        Ok(stats)
+    }
+
     // ---- callbacks --------------------------------------------------------------------------
 
     pub async fn claim_callbacks(
@@ -550,6 +567,12 @@ impl Db {
         row.map(|r| Ok((r.try_get("attempts")?, r.try_get("state")?)))
             .transpose()
     }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub tasks_by_state: Vec<(String, i64)>,
+    pub callback_backlog: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,6 +103,12 @@ async fn deliver(tasks: &Tasks, callback: CallbackRow) {
         }
     };
     let latency_ms = started.elapsed().as_millis() as i64;
+    let label = match outcome {
+        CallbackOutcome::Delivered => "delivered",
+        CallbackOutcome::RetryAt(_) => "retry",
+        CallbackOutcome::GaveUp => "gave_up",
+    };
+    metrics::counter!("nano_banana_callback_deliveries_total", "outcome" => label).increment(1);
     match outcome {
         CallbackOutcome::Delivered => tracing::info!(latency_ms, "callback delivered"),
         CallbackOutcome::RetryAt(_) => {

@@ -128,6 +128,15 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "task finished"
             );
+            let outcome = if result.status == 200 {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            metrics::counter!("nano_banana_tasks_finished_total", "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("nano_banana_task_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             tasks.notify_waiters(&task.id, &result);
             if task.callback_url.is_some() {
                 tasks.callback_queued.notify_one();
@@ -313,6 +322,14 @@ async fn generate_with_retry(
         let started = Instant::now();
         let result = provider.generate(job).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        metrics::counter!(
+            "nano_banana_upstream_calls_total",
+            "provider" => provider.name(),
+            "outcome" => upstream_outcome(&result),
+        )
+        .increment(1);
+        metrics::histogram!("nano_banana_upstream_call_duration_seconds", "provider" => provider.name())
+            .record(elapsed_ms as f64 / 1000.0);
         match result {
             Ok(image) => {
                 tracing::info!(
@@ -336,6 +353,20 @@ async fn generate_with_retry(
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+fn upstream_outcome(
+    result: &Result<crate::providers::GeneratedImage, ProviderError>,
+) -> &'static str {
+    match result {
+        Ok(_) => "image",
+        Err(ProviderError::Refused(_)) => "refused",
+        Err(ProviderError::NoImage(_)) => "no_image",
+        Err(ProviderError::Upstream { status: 429, .. }) => "rate_limited",
+        Err(ProviderError::Upstream { .. }) => "http_error",
+        Err(ProviderError::Transport { .. }) => "unreachable",
+        Err(ProviderError::InvalidResponse(_)) => "invalid_response",
     }
 }
 

@@ -85,3 +85,38 @@ async fn health_and_openapi_answer_without_a_token() {
     assert_eq!(openapi.status, 200);
     assert!(openapi.body["openapi"].as_str().unwrap().starts_with("3."));
 }
+
+#[tokio::test]
+async fn metrics_cover_the_queue_upstream_and_callbacks() {
+    let receiver = crate::helpers::CallbackReceiver::start(0, false).await;
+    let app = spawn_app().await;
+    app.post_images(json!({"prompt": "counted"})).await;
+    app.post_images(json!({"prompt": "called back", "callback_url": receiver.url()}))
+        .await;
+    receiver.wait_for(1).await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for metric in [
+        "nano_banana_tasks{state=\"succeeded\"}",
+        "nano_banana_queue_depth",
+        "nano_banana_callback_backlog",
+        "nano_banana_task_duration_seconds_bucket",
+        "nano_banana_upstream_calls_total{provider=\"placeholder\",outcome=\"image\"}",
+    ] {
+        assert!(text.contains(metric), "{metric} in:\n{text}");
+    }
+    // The delivery is recorded just after the receiver answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        if text.contains("nano_banana_callback_deliveries_total{outcome=\"delivered\"}") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery metric:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

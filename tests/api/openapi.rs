@@ -31,6 +31,7 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         "GET /images/{key}",
         "GET /healthz",
         "GET /openapi.json",
+        "GET /metrics",
     ]
     .into_iter()
     .map(str::to_owned)
