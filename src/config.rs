@@ -146,6 +146,10 @@ pub struct ServeArgs {
     )]
     pub bootstrap_token: Option<String>,
 
+    /// A running task's lease: if its process dies, another takes the task over after this [default: 30]
+    #[arg(long, env = "NANO_BANANA_TASK_LEASE", value_name = "SECONDS")]
+    pub task_lease: Option<u64>,
+
     /// Grace period for running tasks on SIGTERM/SIGINT, in seconds [default: 30]
     #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
@@ -329,6 +333,12 @@ impl Config {
         }
         if let Some(s) = take!(callback_retry_for) {
             config.callback_retry_for = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(task_lease) {
+            if s == 0 {
+                bail!("--task-lease must be at least 1 second");
+            }
+            config.lease = Duration::from_secs(s);
         }
         if let Some(s) = take!(shutdown_grace) {
             config.shutdown_grace = Duration::from_secs(s);

@@ -3,7 +3,7 @@
 //! ends it, anything else is retried with exponential backoff until the retry window closes.
 //! Every attempt is recorded. A callback URL that is unreachable or refused never fails a task.
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::watch;
 
@@ -28,7 +28,7 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) 
         let mut claimed_all = false;
         if free > 0 {
             // The lease covers one attempt; an attempt never outlives the callback timeout.
-            let lease = tasks.settings.callback_timeout + Duration::from_secs(30);
+            let lease = tasks.settings.callback_timeout + tasks.settings.lease;
             match tasks
                 .db
                 .claim_callbacks(&tasks.owner, lease, free, now_ms())

@@ -46,7 +46,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 }
 
 pub async fn start(config: Config, data_dir: tempfile::TempDir) -> TestApp {
-    nano_banana::telemetry::init();
+    if std::env::var_os("RUST_LOG").is_some() {
+        nano_banana::telemetry::init();
+    }
     let app = Application::build_with(config.clone(), fast_retries)
         .await
         .expect("the app builds");

@@ -69,3 +69,51 @@ async fn the_first_token_is_created_once() {
     assert_eq!(answer.status, 200);
     assert_eq!(app.tasks.db().count_tokens().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_sync_task_finishes_after_its_client_disconnects() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(600)));
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.gemini = Some(nano_banana::config::UpstreamConfig {
+            base_url,
+            api_version: "v1beta".into(),
+            api_key: "k".into(),
+        });
+        c.official = c.gemini.clone();
+    })
+    .await;
+    let body = json!({"prompt": "patience"});
+    let impatient = app
+        .client
+        .post(format!("{}/nano-banana/images", app.address))
+        .header("authorization", format!("Bearer {}", app.token))
+        .header("idempotency-key", "disconnect-1")
+        .timeout(Duration::from_millis(100))
+        .body(body.to_string())
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up");
+    // The same request again (a client retry) gets the original task's result once it ends,
+    // and the upstream was called only once.
+    let retry = app
+        .client
+        .post(format!("{}/nano-banana/images", app.address))
+        .header("authorization", format!("Bearer {}", app.token))
+        .header("idempotency-key", "disconnect-1")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let answer = crate::helpers::answer(retry).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let id = answer.body["task_id"].as_str().unwrap();
+    assert_eq!(
+        app.post_tasks(json!({"id": id})).await.body["state"],
+        "succeeded"
+    );
+    assert_eq!(fake.request_count(), 1);
+}

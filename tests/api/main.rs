@@ -4,6 +4,7 @@ mod helpers;
 
 mod auth;
 mod callbacks;
+mod crash;
 mod gemini;
 mod idempotency;
 mod images;
