@@ -65,11 +65,24 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
 
-        let created_token = bootstrap(&db, config.bootstrap_token.as_deref()).await?;
+        let created_token = bootstrap(
+            &db,
+            config.bootstrap_token.as_deref(),
+            config.bootstrap_credits,
+        )
+        .await?;
         let mut settings = TaskSettings::from_config(&config);
         adjust(&mut settings);
         let placeholder = routes.uses_placeholder();
-        let tasks = Tasks::new(db, store, routes, fetcher, settings, base_url.clone());
+        let tasks = Tasks::new(
+            db,
+            store,
+            routes,
+            fetcher,
+            config.prices.clone(),
+            settings,
+            base_url.clone(),
+        );
         let state = AppState {
             tasks: tasks.clone(),
             limits: RequestLimits {
@@ -203,7 +216,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
 
 /// On an empty database, creates the first application and token and returns the token (the
 /// only time it is ever available in clear).
-async fn bootstrap(db: &Db, wanted: Option<&str>) -> anyhow::Result<Option<String>> {
+async fn bootstrap(db: &Db, wanted: Option<&str>, credits: i64) -> anyhow::Result<Option<String>> {
     if db.count_tokens().await.context("counting tokens")? > 0 {
         return Ok(None);
     }
@@ -217,7 +230,7 @@ async fn bootstrap(db: &Db, wanted: Option<&str>) -> anyhow::Result<Option<Strin
         &application_id,
         "default",
         &uuid::Uuid::new_v4().to_string(),
-        0,
+        credits,
         now,
     )
     .await

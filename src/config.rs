@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::fetch::{AllowRule, FetchPolicy};
+use crate::{
+    domain::Prices,
+    fetch::{AllowRule, FetchPolicy},
+};
 
 /// Flags of `nano-banana serve`. Every field is optional so that "not given" can fall back to
 /// the TOML file and then to the default.
@@ -154,6 +157,23 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
 
+    /// Credits given to the application created on first start [default: 1000000]
+    #[arg(long, env = "NANO_BANANA_BOOTSTRAP_CREDITS", value_name = "CREDITS")]
+    pub bootstrap_credits: Option<i64>,
+
+    /// Key for the /admin/ API (`authorization: Bearer KEY`); without one the admin API is off
+    #[arg(
+        long,
+        env = "NANO_BANANA_ADMIN_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub admin_key: Option<String>,
+
+    /// Credits per image (TOML only): `[prices."nano-banana-pro"] 1K = 4, 2K = 4, 4K = 8`
+    #[arg(skip)]
+    pub prices: BTreeMap<String, BTreeMap<String, i64>>,
+
     /// Per-model routes (TOML only): `[models."nano-banana"] provider = "gemini"|"placeholder"|"disabled", upstream_model = "…"`
     #[arg(skip)]
     pub models: BTreeMap<String, RouteConfig>,
@@ -193,6 +213,9 @@ pub struct Config {
     pub bootstrap_token: Option<String>,
     pub shutdown_grace: Duration,
     pub models: BTreeMap<String, RouteConfig>,
+    pub prices: Prices,
+    pub bootstrap_credits: i64,
+    pub admin_key: Option<String>,
     /// How long a claimed task's lease lasts without renewal; a dead process's tasks are re-run
     /// after this. Renewed every third of it.
     pub lease: Duration,
@@ -232,6 +255,9 @@ impl Config {
             bootstrap_token: None,
             shutdown_grace: Duration::from_secs(30),
             models: BTreeMap::new(),
+            prices: Prices::default(),
+            bootstrap_credits: 1_000_000,
+            admin_key: None,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
         }
@@ -366,6 +392,19 @@ impl Config {
                 api_key,
             });
             config.official = Some(official);
+        }
+
+        if let Some(credits) = take!(bootstrap_credits) {
+            config.bootstrap_credits = credits.max(0);
+        }
+        config.admin_key = take!(admin_key).filter(|k| !k.is_empty());
+        for (model, by_resolution) in file.prices.iter().chain(flags.prices.iter()) {
+            for (resolution, credits) in by_resolution {
+                config
+                    .prices
+                    .set(model, resolution, *credits)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
         }
 
         let mut models = file.models;

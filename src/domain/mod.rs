@@ -7,9 +7,11 @@
 
 use serde_json::{Map, Value};
 
-mod model;
+pub mod model;
+mod prices;
 
 pub use model::Model;
+pub use prices::Prices;
 
 /// The most images one `edit` may reference (contract: at most 16).
 pub const MAX_IMAGE_URLS: usize = 16;

@@ -52,7 +52,27 @@ pub struct NewTask<'a> {
     pub credential_id: &'a str,
     pub request: &'a str,
     pub callback_url: Option<&'a str>,
+    pub model: &'a str,
+    /// Credits reserved for the worst case (every image succeeds).
+    pub reserved: i64,
     pub now: i64,
+}
+
+/// What happened to a task offered to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Inserted,
+    /// The balance cannot cover the reservation; nothing was written.
+    UsedUp,
+    /// The application already has this many unfinished tasks; nothing was written.
+    TooManyConcurrent {
+        limit: i64,
+    },
+    /// The idempotency key was used before: nothing was written.
+    Existing {
+        task_id: String,
+        request_hash: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +107,9 @@ pub struct ClaimedTask {
 #[derive(Debug, Clone)]
 pub struct Completion<'a> {
     pub succeeded: bool,
+    /// Images made and images that failed; only the made ones are charged.
+    pub images: i64,
+    pub failed_images: i64,
     pub http_status: u16,
     pub response: &'a str,
     pub callback_url: Option<&'a str>,
@@ -161,6 +184,7 @@ impl Db {
         credits: i64,
         now: i64,
     ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO applications (id, name, user_id, credits, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -169,8 +193,12 @@ impl Db {
         .bind(user_id)
         .bind(credits)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if credits != 0 {
+            ledger(&mut tx, id, None, credits, "initial credit", now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -220,62 +248,118 @@ impl Db {
 
     // ---- tasks ------------------------------------------------------------------------------
 
-    pub async fn insert_task(&self, task: &NewTask<'_>) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        insert_task(&mut tx, task).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Inserts the task unless `key` was used by the same application since `not_before`; then
-    /// nothing is written and the earlier task's id and request hash are returned.
-    pub async fn insert_task_once(
+    /// Admits a task: checks the application's concurrency limit, reserves its credits and
+    /// writes it, all in one write transaction (so concurrent requests cannot both take the last
+    /// credit or the last slot). With an idempotency key used by the same application since
+    /// `not_before`, nothing is written and the earlier task is named instead.
+    pub async fn admit_task(
         &self,
         task: &NewTask<'_>,
-        key: &str,
-        request_hash: &str,
-        not_before: i64,
-    ) -> Result<Option<(String, String)>, DbError> {
-        let mut tx = self.pool.begin().await?;
-        // An expired key is forgotten, so it can be used again.
-        sqlx::query(
-            "DELETE FROM idempotency_keys \
-             WHERE application_id = $1 AND key = $2 AND created_at < $3",
-        )
-        .bind(task.application_id)
-        .bind(key)
-        .bind(not_before)
-        .execute(&mut *tx)
-        .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (application_id, key, task_id, request_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(task.application_id)
-        .bind(key)
-        .bind(task.id)
-        .bind(request_hash)
-        .bind(task.now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            let row = sqlx::query(
+        idempotency: Option<(&str, &str, i64)>,
+    ) -> Result<Admission, DbError> {
+        // IMMEDIATE: take the write lock before the first read, so the checks below cannot be
+        // invalidated by another writer before our writes (and no lock upgrade can deadlock).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some((key, request_hash, not_before)) = idempotency {
+            // An expired key is forgotten, so it can be used again.
+            sqlx::query(
+                "DELETE FROM idempotency_keys \
+                 WHERE application_id = $1 AND key = $2 AND created_at < $3",
+            )
+            .bind(task.application_id)
+            .bind(key)
+            .bind(not_before)
+            .execute(&mut *tx)
+            .await?;
+            let earlier = sqlx::query(
                 "SELECT task_id, request_hash FROM idempotency_keys \
                  WHERE application_id = $1 AND key = $2",
             )
             .bind(task.application_id)
             .bind(key)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            tx.rollback().await?;
-            return Ok(Some((
-                row.try_get("task_id")?,
-                row.try_get("request_hash")?,
-            )));
+            if let Some(row) = earlier {
+                tx.rollback().await?;
+                return Ok(Admission::Existing {
+                    task_id: row.try_get("task_id")?,
+                    request_hash: row.try_get("request_hash")?,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO idempotency_keys (application_id, key, task_id, request_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(task.application_id)
+            .bind(key)
+            .bind(task.id)
+            .bind(request_hash)
+            .bind(task.now)
+            .execute(&mut *tx)
+            .await?;
         }
-        insert_task(&mut tx, task).await?;
+        let limit: Option<i64> =
+            sqlx::query("SELECT max_concurrent FROM applications WHERE id = $1")
+                .bind(task.application_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("max_concurrent")?;
+        if let Some(limit) = limit {
+            let running: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM tasks \
+                 WHERE application_id = $1 AND state IN ('pending', 'processing')",
+            )
+            .bind(task.application_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if running >= limit {
+                tx.rollback().await?;
+                return Ok(Admission::TooManyConcurrent { limit });
+            }
+        }
+        if task.reserved > 0 {
+            let reserved = sqlx::query(
+                "UPDATE applications SET credits = credits - $2 WHERE id = $1 AND credits >= $2",
+            )
+            .bind(task.application_id)
+            .bind(task.reserved)
+            .execute(&mut *tx)
+            .await?;
+            if reserved.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(Admission::UsedUp);
+            }
+            ledger(
+                &mut tx,
+                task.application_id,
+                Some(task.id),
+                -task.reserved,
+                "reserve",
+                task.now,
+            )
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
+             request, state, callback_url, created_at, run_at, model, reserved) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
+        )
+        .bind(task.id)
+        .bind(task.trace_id)
+        .bind(task.application_id)
+        .bind(task.user_id)
+        .bind(task.api_id)
+        .bind(task.credential_id)
+        .bind(task.request)
+        .bind(task.callback_url)
+        .bind(task.now)
+        .bind(task.model)
+        .bind(task.reserved)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(None)
+        Ok(Admission::Inserted)
     }
 
     /// The current state of a task, whoever owns it.
@@ -371,16 +455,19 @@ impl Db {
         owner: &str,
         done: &Completion<'_>,
     ) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let state = if done.succeeded {
             "succeeded"
         } else {
             "failed"
         };
+        // Charge only the images made: each cost reserved / requested images.
         let updated = sqlx::query(
             "UPDATE tasks SET state = $3, http_status = $4, response = $5, finished_at = $6, \
-                 lease_owner = NULL, lease_until = NULL \
-             WHERE id = $1 AND lease_owner = $2 AND state = 'processing'",
+                 lease_owner = NULL, lease_until = NULL, images = $7, failed_images = $8, \
+                 charged = CASE WHEN $7 + $8 > 0 THEN reserved * $7 / ($7 + $8) ELSE 0 END \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'processing' \
+             RETURNING application_id, reserved, charged",
         )
         .bind(id)
         .bind(owner)
@@ -388,11 +475,32 @@ impl Db {
         .bind(i64::from(done.http_status))
         .bind(done.response)
         .bind(done.now)
-        .execute(&mut *tx)
+        .bind(done.images)
+        .bind(done.failed_images)
+        .fetch_optional(&mut *tx)
         .await?;
-        if updated.rows_affected() != 1 {
+        let Some(settled) = updated else {
             tx.rollback().await?;
             return Ok(false);
+        };
+        let application_id: String = settled.try_get("application_id")?;
+        let refund =
+            settled.try_get::<i64, _>("reserved")? - settled.try_get::<i64, _>("charged")?;
+        if refund > 0 {
+            sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
+                .bind(&application_id)
+                .bind(refund)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                &mut tx,
+                &application_id,
+                Some(id),
+                refund,
+                "refund",
+                done.now,
+            )
+            .await?;
         }
         if let Some(url) = done.callback_url {
             sqlx::query(
@@ -582,24 +690,23 @@ pub enum CallbackOutcome {
     GaveUp,
 }
 
-async fn insert_task(
+async fn ledger(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    task: &NewTask<'_>,
+    application_id: &str,
+    task_id: Option<&str>,
+    amount: i64,
+    reason: &str,
+    now: i64,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-         request, state, callback_url, created_at, run_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
+        "INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(task.id)
-    .bind(task.trace_id)
-    .bind(task.application_id)
-    .bind(task.user_id)
-    .bind(task.api_id)
-    .bind(task.credential_id)
-    .bind(task.request)
-    .bind(task.callback_url)
-    .bind(task.now)
+    .bind(application_id)
+    .bind(task_id)
+    .bind(amount)
+    .bind(reason)
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())

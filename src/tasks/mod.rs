@@ -17,12 +17,12 @@ use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use crate::{
     api::{self, ApiError, ErrorCode, TaskState},
     config::Config,
-    domain::ImagesRequest,
+    domain::{ImagesRequest, Prices},
     fetch::{FetchError, Fetcher},
     providers::Routes,
     storage::{
         Db, ImageStore,
-        db::{NewTask, TaskRow},
+        db::{Admission, NewTask, TaskRow},
     },
 };
 
@@ -102,6 +102,7 @@ pub struct Tasks {
     store: ImageStore,
     routes: Routes,
     fetcher: Fetcher,
+    prices: Prices,
     settings: TaskSettings,
     /// Absolute base of image URLs, e.g. `https://img.example.com`.
     public_base_url: String,
@@ -123,6 +124,7 @@ impl Tasks {
         store: ImageStore,
         routes: Routes,
         fetcher: Fetcher,
+        prices: Prices,
         settings: TaskSettings,
         public_base_url: String,
     ) -> Arc<Tasks> {
@@ -132,6 +134,7 @@ impl Tasks {
             store,
             routes,
             fetcher,
+            prices,
             settings,
             public_base_url,
             owner: uuid::Uuid::new_v4().to_string(),
@@ -191,6 +194,8 @@ impl Tasks {
         let receiver = sync.then(|| self.register_waiter(&task_id));
         let request_json = body.to_string();
         let now = now_ms();
+        let reserved =
+            i64::from(request.count) * self.prices.unit(request.model, request.resolution);
         let task = NewTask {
             id: &task_id,
             trace_id,
@@ -200,42 +205,57 @@ impl Tasks {
             credential_id: &caller.token_id,
             request: &request_json,
             callback_url: request.callback_url.as_deref(),
+            model: request.model.name(),
+            reserved,
             now,
         };
-        let inserted = match idempotency_key {
-            None => self.db.insert_task(&task).await.map(|()| None),
-            Some(key) => {
-                // serde_json sorts object keys, so equal bodies hash equal whatever their order.
-                let hash = crate::http::auth::token_hash(&request_json);
-                let window = IDEMPOTENCY_WINDOW.as_millis() as i64;
-                self.db
-                    .insert_task_once(&task, key, &hash, now - window)
-                    .await
-                    .map(|existing| existing.map(|(id, earlier)| (id, earlier == hash)))
+        // serde_json sorts object keys, so equal bodies hash equal whatever their order.
+        let hash = idempotency_key.map(|_| crate::http::auth::token_hash(&request_json));
+        let window = IDEMPOTENCY_WINDOW.as_millis() as i64;
+        let idempotency = idempotency_key
+            .zip(hash.as_deref())
+            .map(|(key, hash)| (key, hash, now - window));
+        let admission = self.db.admit_task(&task, idempotency).await;
+        if !matches!(admission, Ok(Admission::Inserted)) {
+            self.lock_waiters().remove(&task_id);
+        }
+        match admission {
+            Ok(Admission::Inserted) => {}
+            Ok(Admission::UsedUp) => {
+                return Err(ApiError::new(
+                    ErrorCode::UsedUp,
+                    format!(
+                        "The balance is too low for this request: it needs {reserved} credits."
+                    ),
+                ));
             }
-        };
-        let existing = match inserted {
-            Ok(existing) => existing,
+            Ok(Admission::TooManyConcurrent { limit }) => {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("Too many unfinished tasks: at most {limit} at a time."),
+                ));
+            }
+            Ok(Admission::Existing {
+                task_id: original,
+                request_hash,
+            }) => {
+                if hash.as_deref() != Some(request_hash.as_str()) {
+                    return Err(ApiError::bad_request(
+                        "Idempotency-Key was already used with a different request body.",
+                    ));
+                }
+                tracing::info!(task_id = %original, "idempotent replay");
+                let receiver = sync.then(|| self.register_waiter(&original));
+                return Ok(Submitted {
+                    task_id: original,
+                    receiver,
+                    replayed: true,
+                });
+            }
             Err(e) => {
-                self.lock_waiters().remove(&task_id);
                 tracing::error!(error = %e, "could not record a new task");
                 return Err(ApiError::internal());
             }
-        };
-        if let Some((original, same_request)) = existing {
-            self.lock_waiters().remove(&task_id);
-            if !same_request {
-                return Err(ApiError::bad_request(
-                    "Idempotency-Key was already used with a different request body.",
-                ));
-            }
-            tracing::info!(task_id = %original, "idempotent replay");
-            let receiver = sync.then(|| self.register_waiter(&original));
-            return Ok(Submitted {
-                task_id: original,
-                receiver,
-                replayed: true,
-            });
         }
         tracing::info!(task_id = %task_id, model = request.model.name(), count = request.count, "task accepted");
         self.task_queued.notify_one();

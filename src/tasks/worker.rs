@@ -104,13 +104,15 @@ impl Tasks {
 async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
     let started = Instant::now();
     let heartbeat = tokio::spawn(keep_lease(tasks.clone(), task.id.clone()));
-    let result = run_task(&tasks, &task).await;
+    let (result, images, failed_images) = run_task(&tasks, &task).await;
     heartbeat.abort();
 
     let body = result.body.to_string();
     let callback_id = uuid::Uuid::new_v4().to_string();
     let completion = Completion {
         succeeded: result.status == 200,
+        images,
+        failed_images,
         http_status: result.status,
         response: &body,
         callback_url: task.callback_url.as_deref(),
@@ -170,10 +172,14 @@ async fn keep_lease(tasks: Arc<Tasks>, id: String) {
     }
 }
 
-async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> TaskResult {
-    let fail = |error: ApiError| TaskResult {
-        status: error.code.http_status(),
-        body: error.body(&task.trace_id, Some(&task.id)),
+/// The task's result, with the number of images made and failed (for billing).
+async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> (TaskResult, i64, i64) {
+    let fail = |error: ApiError| {
+        let result = TaskResult {
+            status: error.code.http_status(),
+            body: error.body(&task.trace_id, Some(&task.id)),
+        };
+        (result, 0, 0)
     };
     if task.attempts > tasks.settings.max_claims {
         tracing::error!(
@@ -188,10 +194,13 @@ async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> TaskResult {
     let deadline_ms = task.created_at + tasks.settings.task_deadline.as_millis() as i64;
     let remaining = Duration::from_millis((deadline_ms - now_ms()).max(0) as u64);
     match tokio::time::timeout(remaining, make_images(tasks, task, deadline_ms)).await {
-        Ok(Ok(data)) => TaskResult {
-            status: 200,
-            body: api::success_body(&task.id, &task.trace_id, &data),
-        },
+        Ok(Ok((data, failed))) => {
+            let result = TaskResult {
+                status: 200,
+                body: api::success_body(&task.id, &task.trace_id, &data),
+            };
+            (result, data.len() as i64, failed as i64)
+        }
         Ok(Err(error)) => fail(error),
         Err(_) => fail(ApiError::new(
             ErrorCode::ApiError,
@@ -204,7 +213,7 @@ async fn make_images(
     tasks: &Tasks,
     task: &ClaimedTask,
     deadline_ms: i64,
-) -> Result<Vec<ImageEntry>, ApiError> {
+) -> Result<(Vec<ImageEntry>, usize), ApiError> {
     let body: Value = serde_json::from_str(&task.request).map_err(|e| {
         tracing::error!(error = %e, "stored request is not JSON");
         ApiError::internal()
@@ -286,7 +295,7 @@ async fn make_images(
                 "partial success"
             );
         }
-        return Ok(data);
+        return Ok((data, errors.len()));
     }
     Err(summarise_failure(&errors))
 }
