@@ -89,6 +89,8 @@ impl Application {
                 max_prompt_chars: config.max_prompt_chars,
                 ..RequestLimits::default()
             },
+            rate_limiter: Arc::default(),
+            admin_key: config.admin_key.as_deref().map(Arc::from),
         };
         Ok(Application {
             listener,

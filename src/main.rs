@@ -37,6 +37,8 @@ enum Command {
     Edit(client::EditArgs),
     /// Show a task, or wait for it to finish and save its images
     Task(client::TaskArgs),
+    /// Administer applications, tokens, credits, limits and usage
+    Admin(nano_banana::admin::AdminArgs),
     /// Run a fake Gemini upstream on loopback (for trying the server without a key)
     FakeGemini(FakeGeminiArgs),
 }
@@ -59,6 +61,7 @@ async fn main() -> ExitCode {
         Command::Generate(args) => client::generate(args).await,
         Command::Edit(args) => client::edit(args).await,
         Command::Task(args) => client::task(args).await,
+        Command::Admin(args) => nano_banana::admin::cli(args).await,
         Command::FakeGemini(args) => fake_gemini(args).await,
     };
     match result {

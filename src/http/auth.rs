@@ -86,10 +86,15 @@ impl FromRequestParts<AppState> for Authenticated {
                 "The token's application is disabled.",
             ));
         }
+        let rate_limit = row.rate_per_minute.filter(|r| *r > 0).map(|rate| {
+            let burst = row.burst.filter(|b| *b > 0).unwrap_or(1);
+            (rate as u64, burst as u64)
+        });
         Ok(Authenticated(Caller {
             application_id: row.application_id,
             user_id: row.user_id,
             token_id: row.token_id,
+            rate_limit,
         }))
     }
 }

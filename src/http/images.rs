@@ -5,7 +5,7 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
@@ -20,6 +20,60 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    // Limits come before any work or reservation.
+    let decision = caller.rate_limit.map(|(per_minute, burst)| {
+        state
+            .rate_limiter
+            .check(&caller.application_id, per_minute, burst)
+    });
+    if let Some(decision) = decision.filter(|d| !d.allowed) {
+        let error = HttpError::code(
+            &trace_id,
+            ErrorCode::TooManyRequests,
+            format!(
+                "Too many requests: this application may make {} per minute.",
+                decision.limit
+            ),
+        );
+        let mut response = error.into_response();
+        rate_limit_headers(response.headers_mut(), &decision);
+        return Ok(response);
+    }
+    let mut response = create_task(state, trace_id, caller, headers, body).await?;
+    if let Some(decision) = decision {
+        rate_limit_headers(response.headers_mut(), &decision);
+    }
+    Ok(response)
+}
+
+/// `Retry-After` (refused only) and `X-RateLimit-*`, in whole seconds rounded up, so that a
+/// client that waits exactly that long is admitted.
+fn rate_limit_headers(headers: &mut HeaderMap, decision: &crate::limits::Decision) {
+    let ceil = |d: std::time::Duration| d.as_millis().div_ceil(1000) as u64;
+    if !decision.allowed {
+        headers.insert(
+            "retry-after",
+            HeaderValue::from(ceil(decision.retry_after).max(1)),
+        );
+    }
+    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert(
+        "x-ratelimit-reset",
+        HeaderValue::from(ceil(decision.reset_after)),
+    );
+}
+
+async fn create_task(
+    state: AppState,
+    trace_id: String,
+    caller: crate::tasks::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::{api::ErrorCode, domain::RequestLimits, tasks::Tasks};
 
+mod admin;
 pub mod auth;
 pub mod error;
 mod files;
@@ -30,6 +31,9 @@ pub use error::HttpError;
 pub struct AppState {
     pub tasks: Arc<Tasks>,
     pub limits: RequestLimits,
+    pub rate_limiter: Arc<crate::limits::RateLimiter>,
+    /// `None`: the admin API is off.
+    pub admin_key: Option<Arc<str>>,
 }
 
 /// The request's trace id, set by the middleware before any handler runs.
@@ -47,6 +51,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()
         .merge(api)
+        .merge(admin::routes(state.clone()))
         .route("/images/{key}", get(files::get))
         .route("/healthz", get(meta::healthz))
         .route("/openapi.json", get(meta::openapi))

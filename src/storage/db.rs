@@ -40,6 +40,8 @@ pub struct TokenRow {
     pub apis: String,
     pub expires_at: Option<i64>,
     pub revoked: bool,
+    pub rate_per_minute: Option<i64>,
+    pub burst: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,7 +230,8 @@ impl Db {
 
     pub async fn find_token(&self, hash: &str) -> Result<Option<TokenRow>, DbError> {
         let row = sqlx::query(
-            "SELECT t.id, t.application_id, a.user_id, a.disabled, t.apis, t.expires_at, t.revoked \
+            "SELECT t.id, t.application_id, a.user_id, a.disabled, t.apis, t.expires_at, t.revoked, \
+                 a.rate_per_minute, a.burst \
              FROM tokens t JOIN applications a ON a.id = t.application_id WHERE t.hash = $1",
         )
         .bind(hash)
@@ -243,7 +246,175 @@ impl Db {
             apis: row.try_get("apis")?,
             expires_at: row.try_get("expires_at")?,
             revoked: row.try_get::<i64, _>("revoked")? != 0,
+            rate_per_minute: row.try_get("rate_per_minute")?,
+            burst: row.try_get("burst")?,
         }))
+    }
+
+    pub async fn get_application(&self, id: &str) -> Result<Option<ApplicationRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
+                 a.max_concurrent, a.created_at, \
+                 (SELECT COALESCE(SUM(amount), 0) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
+             FROM applications a WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(application_row)
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    pub async fn list_applications(&self) -> Result<Vec<ApplicationRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
+                 a.max_concurrent, a.created_at, \
+                 (SELECT COALESCE(SUM(amount), 0) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
+             FROM applications a ORDER BY a.created_at, a.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(application_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    /// Adds credits (a top-up) and records it in the ledger. `false`: no such application.
+    pub async fn add_credits(
+        &self,
+        id: &str,
+        credits: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
+            .bind(id)
+            .bind(credits)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        ledger(&mut tx, id, None, credits, reason, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn set_application_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE applications SET disabled = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::from(disabled))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets the rate limits; `None` means unlimited.
+    pub async fn set_application_limits(
+        &self,
+        id: &str,
+        rate_per_minute: Option<i64>,
+        burst: Option<i64>,
+        max_concurrent: Option<i64>,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE applications SET rate_per_minute = $2, burst = $3, max_concurrent = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(rate_per_minute)
+        .bind(burst)
+        .bind(max_concurrent)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn set_token_details(
+        &self,
+        id: &str,
+        expires_at: Option<i64>,
+        apis: &str,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE tokens SET expires_at = $2, apis = $3 WHERE id = $1")
+            .bind(id)
+            .bind(expires_at)
+            .bind(apis)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn list_tokens(
+        &self,
+        application_id: Option<&str>,
+    ) -> Result<Vec<TokenInfo>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, application_id, prefix, name, apis, expires_at, revoked, created_at \
+             FROM tokens WHERE ($1 IS NULL OR application_id = $1) ORDER BY created_at, id",
+        )
+        .bind(application_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TokenInfo {
+                    id: row.try_get("id")?,
+                    application_id: row.try_get("application_id")?,
+                    prefix: row.try_get("prefix")?,
+                    name: row.try_get("name")?,
+                    apis: row.try_get("apis")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked: row.try_get::<i64, _>("revoked")? != 0,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Images, credits and failures per application, model and UTC day.
+    pub async fn usage(&self) -> Result<Vec<UsageRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT application_id, model, date(created_at / 1000, 'unixepoch') AS day, \
+                 COUNT(*) AS tasks, SUM(images) AS images, SUM(COALESCE(charged, 0)) AS credits, \
+                 SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed_tasks, \
+                 SUM(failed_images) AS failed_images \
+             FROM tasks GROUP BY application_id, model, day ORDER BY day, application_id, model",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    application_id: row.try_get("application_id")?,
+                    model: row.try_get("model")?,
+                    day: row.try_get("day")?,
+                    tasks: row.try_get("tasks")?,
+                    images: row.try_get("images")?,
+                    credits: row.try_get("credits")?,
+                    failed_tasks: row.try_get("failed_tasks")?,
+                    failed_images: row.try_get("failed_images")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     // ---- tasks ------------------------------------------------------------------------------
@@ -675,6 +846,60 @@ impl Db {
         row.map(|r| Ok((r.try_get("attempts")?, r.try_get("state")?)))
             .transpose()
     }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplicationRow {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    pub credits: i64,
+    pub disabled: bool,
+    pub rate_per_minute: Option<i64>,
+    pub burst: Option<i64>,
+    pub max_concurrent: Option<i64>,
+    pub created_at: i64,
+    /// The sum of the application's ledger; always equal to `credits`.
+    pub ledger_sum: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub application_id: String,
+    pub prefix: String,
+    pub name: String,
+    pub apis: String,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UsageRow {
+    pub application_id: String,
+    pub model: String,
+    pub day: String,
+    pub tasks: i64,
+    pub images: i64,
+    pub credits: i64,
+    pub failed_tasks: i64,
+    pub failed_images: i64,
+}
+
+fn application_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApplicationRow, sqlx::Error> {
+    Ok(ApplicationRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        user_id: row.try_get("user_id")?,
+        credits: row.try_get("credits")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        rate_per_minute: row.try_get("rate_per_minute")?,
+        burst: row.try_get("burst")?,
+        max_concurrent: row.try_get("max_concurrent")?,
+        created_at: row.try_get("created_at")?,
+        ledger_sum: row.try_get("ledger_sum")?,
+    })
 }
 
 #[derive(Debug, Clone, Default)]

@@ -41,6 +41,8 @@ pub struct Caller {
     pub application_id: String,
     pub user_id: String,
     pub token_id: String,
+    /// The application's request rate limit, if it has one: (per minute, burst).
+    pub rate_limit: Option<(u64, u64)>,
 }
 
 /// A task's final answer: the HTTP status a sync client gets, and the body (also the record's

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod auth;
+mod billing;
 mod callbacks;
 mod crash;
 mod gemini;

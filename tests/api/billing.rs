@@ -1,0 +1,438 @@
+//! Applications, tokens, credits and rate limits: the admin API, exact credits under
+//! concurrency, refunds, every token error, and honest rate limiting.
+
+use std::time::{Duration, Instant};
+
+use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Scenario};
+use serde_json::{Value, json};
+
+use crate::helpers::{Answer, TestApp, answer, assert_error, spawn_app, spawn_app_with};
+
+const ADMIN_KEY: &str = "admin-test-key";
+
+async fn admin_app() -> TestApp {
+    spawn_app_with(|c| c.admin_key = Some(ADMIN_KEY.into())).await
+}
+
+async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(ADMIN_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+/// A new application with `credits` and its token.
+async fn application(app: &TestApp, credits: i64, limits: Value) -> (String, String) {
+    let mut body = limits;
+    body["name"] = json!("customer");
+    body["credits"] = json!(credits);
+    let created = admin(app, reqwest::Method::POST, "/admin/apps", Some(body)).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let token = admin(
+        app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/tokens"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    (id, token.body["token"].as_str().unwrap().to_owned())
+}
+
+async fn balance(app: &TestApp, id: &str) -> (i64, i64) {
+    let shown = admin(
+        app,
+        reqwest::Method::GET,
+        &format!("/admin/apps/{id}"),
+        None,
+    )
+    .await;
+    (
+        shown.body["credits"].as_i64().unwrap(),
+        shown.body["ledger_sum"].as_i64().unwrap(),
+    )
+}
+
+async fn generate(app: &TestApp, token: &str, body: Value) -> Answer {
+    app.post("/nano-banana/images", Some(token), body.to_string())
+        .await
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_without_a_key_and_guarded_with_one() {
+    let off = spawn_app().await;
+    let answer = off.post("/admin/apps", Some(&off.token), "{}".into()).await;
+    assert_error(&answer, 404, "no_api");
+
+    let app = admin_app().await;
+    let answer = crate::helpers::answer(app.get("/admin/apps").await).await;
+    assert_error(&answer, 400, "no_token");
+    let answer = app.post("/admin/apps", Some("wrong"), "{}".into()).await;
+    assert_error(&answer, 401, "invalid_token");
+    let answer = admin(&app, reqwest::Method::GET, "/admin/apps/nope", None).await;
+    assert_error(&answer, 404, "no_api");
+    let answer = admin(
+        &app,
+        reqwest::Method::POST,
+        "/admin/apps",
+        Some(json!({"name": ""})),
+    )
+    .await;
+    assert_error(&answer, 400, "bad_request");
+    let answer = admin(
+        &app,
+        reqwest::Method::POST,
+        "/admin/apps",
+        Some(json!({"name": "x", "burst": 0})),
+    )
+    .await;
+    assert_error(&answer, 400, "bad_request");
+}
+
+#[tokio::test]
+async fn credits_for_ten_images_make_exactly_ten_under_a_hundred_concurrent_requests() {
+    let app = admin_app().await;
+    let (id, token) = application(&app, 10, json!({})).await;
+    let requests = (0..100).map(|i| {
+        let app = &app;
+        let token = token.clone();
+        async move { generate(app, &token, json!({"prompt": format!("image {i}")})).await }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let succeeded = answers.iter().filter(|a| a.status == 200).count();
+    let used_up = answers
+        .iter()
+        .filter(|a| a.status == 403 && a.body["error"]["code"] == "used_up")
+        .count();
+    assert_eq!(succeeded, 10);
+    assert_eq!(used_up, 90);
+    for refused in answers.iter().filter(|a| a.status == 403) {
+        assert_error(refused, 403, "used_up");
+        assert!(
+            refused.body.get("task_id").is_none(),
+            "no task for a refused request"
+        );
+    }
+    assert_eq!(balance(&app, &id).await, (0, 0));
+    let usage = admin(&app, reqwest::Method::GET, "/admin/usage", None).await;
+    let row = usage.body["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["application_id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(row["images"], 10);
+    assert_eq!(row["credits"], 10);
+    assert_eq!(row["model"], "nano-banana");
+}
+
+#[tokio::test]
+async fn only_images_made_are_charged_and_the_rest_refunded() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.admin_key = Some(ADMIN_KEY.into());
+        c.gemini = Some(nano_banana::config::UpstreamConfig {
+            base_url,
+            api_version: "v1beta".into(),
+            api_key: "k".into(),
+        });
+        c.official = c.gemini.clone();
+    })
+    .await;
+    let (id, token) = application(&app, 10, json!({})).await;
+    for scenario in [
+        Scenario::Success,
+        Scenario::ImageSafety,
+        Scenario::Success,
+        Scenario::ImageSafety,
+    ] {
+        fake.push_scenario(scenario);
+    }
+    let partial = generate(&app, &token, json!({"prompt": "x", "count": 4})).await;
+    assert_eq!(partial.status, 200, "{}", partial.body);
+    assert_eq!(partial.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(balance(&app, &id).await, (8, 8), "2 charged, 2 refunded");
+
+    for _ in 0..2 {
+        fake.push_scenario(Scenario::ImageSafety);
+    }
+    let refused = generate(&app, &token, json!({"prompt": "x", "count": 2})).await;
+    assert_error(&refused, 403, "forbidden");
+    assert_eq!(balance(&app, &id).await, (8, 8), "a refusal is not billed");
+
+    // Asking for more than the balance covers is refused whole, before any work.
+    let before = fake.request_count();
+    let too_much = generate(
+        &app,
+        &token,
+        json!({"prompt": "x", "model": "nano-banana-pro", "count": 3}),
+    )
+    .await;
+    assert_error(&too_much, 403, "used_up");
+    assert_eq!(fake.request_count(), before);
+
+    let topped = admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/topup"),
+        Some(json!({"credits": 4})),
+    )
+    .await;
+    assert_eq!(topped.body["credits"], 12);
+    let pro = generate(
+        &app,
+        &token,
+        json!({"prompt": "x", "model": "nano-banana-pro", "count": 3}),
+    )
+    .await;
+    assert_eq!(pro.status, 200, "{}", pro.body);
+    assert_eq!(balance(&app, &id).await, (0, 0));
+    // Polling is free.
+    let task_id = pro.body["task_id"].as_str().unwrap();
+    app.post(
+        "/nano-banana/tasks",
+        Some(&token),
+        json!({"id": task_id}).to_string(),
+    )
+    .await;
+    assert_eq!(balance(&app, &id).await, (0, 0));
+}
+
+#[tokio::test]
+async fn every_token_error_has_its_code() {
+    let app = admin_app().await;
+    let (id, token) = application(&app, 100, json!({})).await;
+    let body = json!({"prompt": "x", "async": true});
+
+    let expired = admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/tokens"),
+        Some(json!({"expires_at": 1_000_000})),
+    )
+    .await;
+    let answer = generate(&app, expired.body["token"].as_str().unwrap(), body.clone()).await;
+    assert_error(&answer, 401, "token_expired");
+
+    let future = admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/tokens"),
+        Some(json!({"expires_at": 4_000_000_000i64})),
+    )
+    .await;
+    let answer = generate(&app, future.body["token"].as_str().unwrap(), body.clone()).await;
+    assert_eq!(answer.status, 200, "not yet expired");
+
+    let other_api = admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/tokens"),
+        Some(json!({"apis": "00000000-0000-0000-0000-000000000000"})),
+    )
+    .await;
+    let answer = generate(
+        &app,
+        other_api.body["token"].as_str().unwrap(),
+        body.clone(),
+    )
+    .await;
+    assert_error(&answer, 401, "token_mismatched");
+
+    admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/disable"),
+        None,
+    )
+    .await;
+    let answer = generate(&app, &token, body.clone()).await;
+    assert_error(&answer, 400, "disabled");
+    admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/apps/{id}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(generate(&app, &token, body.clone()).await.status, 200);
+
+    let tokens = admin(
+        &app,
+        reqwest::Method::GET,
+        &format!("/admin/tokens?application_id={id}"),
+        None,
+    )
+    .await;
+    let listed = tokens.body["tokens"].as_array().unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.get("token").is_none() && t.get("hash").is_none())
+    );
+    let first = listed[0]["id"].as_str().unwrap();
+    admin(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/tokens/{first}/revoke"),
+        None,
+    )
+    .await;
+    let answer = generate(&app, &token, body.clone()).await;
+    assert_error(&answer, 401, "invalid_token");
+}
+
+#[tokio::test]
+async fn the_rate_limit_admits_rate_plus_burst_and_retry_after_is_honest() {
+    let app = admin_app().await;
+    // 60 per minute = one a second, burst 3.
+    let (_, token) = application(&app, 1000, json!({"rate_per_minute": 60, "burst": 3})).await;
+    let body = json!({"prompt": "x", "async": true});
+    let started = Instant::now();
+    let mut admitted = 0;
+    let mut refused = None;
+    // Offer far more than the limit for 2.5 seconds.
+    while started.elapsed() < Duration::from_millis(2500) {
+        let answer = generate(&app, &token, body.clone()).await;
+        if answer.status == 200 {
+            admitted += 1;
+            assert_eq!(answer.headers["x-ratelimit-limit"], "60");
+        } else {
+            assert_error(&answer, 429, "too_many_requests");
+            refused = Some(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let window = started.elapsed().as_secs_f64();
+    // burst + one a second over the window, within one request.
+    let expected = 3.0 + window.floor();
+    assert!(
+        (admitted as f64 - expected).abs() <= 1.0,
+        "admitted {admitted} in {window:.2}s, expected about {expected}"
+    );
+    let refused = refused.expect("some requests were refused");
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "retry-after {retry_after}");
+
+    // Exhaust the bucket, then wait exactly Retry-After: the next request is admitted.
+    let last = loop {
+        let answer = generate(&app, &token, body.clone()).await;
+        if answer.status == 429 {
+            break answer;
+        }
+    };
+    let wait: u64 = last.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(
+        generate(&app, &token, body).await.status,
+        200,
+        "Retry-After was honest"
+    );
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_refuses_a_second_unfinished_task() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(800)));
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.admin_key = Some(ADMIN_KEY.into());
+        c.gemini = Some(nano_banana::config::UpstreamConfig {
+            base_url,
+            api_version: "v1beta".into(),
+            api_key: "k".into(),
+        });
+        c.official = c.gemini.clone();
+    })
+    .await;
+    let (_, token) = application(&app, 100, json!({"max_concurrent": 1})).await;
+    let first = generate(&app, &token, json!({"prompt": "slow", "async": true})).await;
+    assert_eq!(first.status, 200);
+    let second = generate(&app, &token, json!({"prompt": "x", "async": true})).await;
+    assert_error(&second, 429, "too_many_requests");
+}
+
+#[tokio::test]
+async fn the_admin_cli_works_on_the_database_and_against_the_server() {
+    let app = admin_app().await;
+    let binary = env!("CARGO_BIN_EXE_nano-banana");
+    let direct = tokio::process::Command::new(binary)
+        .args(["admin", "--data-dir"])
+        .arg(app.data_dir.path())
+        .args(["apps", "create", "--name", "from-cli", "--credits", "5"])
+        .env_remove("NANO_BANANA_ADMIN_SERVER")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    let created: Value = serde_json::from_slice(&direct.stdout).unwrap();
+    assert_eq!(created["name"], "from-cli");
+    assert_eq!(created["credits"], 5);
+
+    let remote = tokio::process::Command::new(binary)
+        .args([
+            "admin",
+            "--server",
+            &app.address,
+            "--admin-key",
+            ADMIN_KEY,
+            "apps",
+            "list",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        remote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&remote.stdout).unwrap();
+    let names: Vec<&str> = listed["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"from-cli"), "{names:?}");
+
+    let refused = tokio::process::Command::new(binary)
+        .args([
+            "admin",
+            "--server",
+            &app.address,
+            "--admin-key",
+            "wrong",
+            "apps",
+            "list",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid_token"));
+}
