@@ -17,6 +17,8 @@
 //! strings, so new finish reasons, new fields or missing ones never make an answer unreadable.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -104,15 +106,33 @@ pub enum GeminiError {
     Client(#[source] reqwest::Error),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GeminiProvider {
     client: reqwest::Client,
     /// `{base}/{version}/models`, to which `{model}:generateContent` is appended.
     models_url: Url,
-    /// Marked sensitive, so it stays out of `Debug` output.
-    api_key: HeaderValue,
+    /// The key pool: `api_key` may list several keys, comma-separated.
+    keys: Vec<KeySlot>,
+    /// Round-robin start, so load spreads over the healthy keys.
+    next_key: AtomicUsize,
     max_response_bytes: usize,
 }
+
+/// One upstream API key and its health.
+#[derive(Debug)]
+struct KeySlot {
+    /// Marked sensitive, so it stays out of `Debug` output.
+    header: HeaderValue,
+    /// For logs: the position and the last four characters, never the key.
+    label: String,
+    /// Rate-limited or out of quota until then.
+    cooling_until: Mutex<Option<Instant>>,
+    /// Refused as invalid: never used again by this process.
+    invalid: AtomicBool,
+}
+
+/// How long a key rests after a 429 or a quota/permission error that said nothing more.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
 
 impl GeminiProvider {
     pub fn new(config: GeminiConfig) -> Result<GeminiProvider, GeminiError> {
@@ -131,12 +151,34 @@ impl GeminiProvider {
             .pop_if_empty()
             .extend([version, "models"]);
 
-        if config.api_key.is_empty() {
+        let keys = config
+            .api_key
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            .map(|(i, key)| {
+                let mut header = HeaderValue::from_str(key).map_err(|_| GeminiError::ApiKey)?;
+                header.set_sensitive(true);
+                let tail: String = key
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                Ok(KeySlot {
+                    header,
+                    label: format!("key {} (…{tail})", i + 1),
+                    cooling_until: Mutex::new(None),
+                    invalid: AtomicBool::new(false),
+                })
+            })
+            .collect::<Result<Vec<_>, GeminiError>>()?;
+        if keys.is_empty() {
             return Err(GeminiError::ApiKey);
         }
-        let mut api_key =
-            HeaderValue::from_str(&config.api_key).map_err(|_| GeminiError::ApiKey)?;
-        api_key.set_sensitive(true);
 
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -146,7 +188,8 @@ impl GeminiProvider {
         Ok(GeminiProvider {
             client,
             models_url,
-            api_key,
+            keys,
+            next_key: AtomicUsize::new(0),
             max_response_bytes: MAX_RESPONSE_BYTES,
         })
     }
@@ -163,13 +206,103 @@ impl GeminiProvider {
         url
     }
 
-    async fn call(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
+    /// One image through the key pool: a key that answers 429 or a quota/permission error rests
+    /// (as long as `RetryInfo` asks, else a minute) and the next key is tried at once, since
+    /// such an answer was not billed; an invalid key is taken out for good. Anything else —
+    /// notably a timeout after the request was sent, which may have been billed — is returned
+    /// without trying another key.
+    async fn generate_with_pool(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
+        let count = self.keys.len();
+        let start = self.next_key.fetch_add(1, Ordering::Relaxed) % count;
+        let mut last_error = None;
+        let mut soonest: Option<Instant> = None;
+        for offset in 0..count {
+            let slot = &self.keys[(start + offset) % count];
+            if slot.invalid.load(Ordering::Relaxed) {
+                continue;
+            }
+            let now = Instant::now();
+            {
+                let cooling = slot
+                    .cooling_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(until) = *cooling
+                    && until > now
+                {
+                    soonest = Some(soonest.map_or(until, |s| s.min(until)));
+                    continue;
+                }
+            }
+            match self.call(job, &slot.header).await {
+                Err(ProviderError::Upstream {
+                    status,
+                    message,
+                    retry_after,
+                }) if is_key_invalid(status, &message) => {
+                    slot.invalid.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        key = %slot.label,
+                        "GEMINI API KEY REFUSED AS INVALID: taken out of the pool until restart"
+                    );
+                    last_error = Some(ProviderError::Upstream {
+                        status,
+                        message,
+                        retry_after,
+                    });
+                }
+                Err(ProviderError::Upstream {
+                    status: status @ (429 | 403),
+                    message,
+                    retry_after,
+                }) => {
+                    let rest = retry_after.unwrap_or(DEFAULT_COOLDOWN);
+                    *slot
+                        .cooling_until
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + rest);
+                    tracing::warn!(key = %slot.label, status, cooldown_ms = rest.as_millis() as u64, "Gemini key rests");
+                    soonest = Some(
+                        soonest.map_or(Instant::now() + rest, |s| s.min(Instant::now() + rest)),
+                    );
+                    last_error = Some(ProviderError::Upstream {
+                        status,
+                        message,
+                        retry_after,
+                    });
+                }
+                other => return other,
+            }
+        }
+        match last_error {
+            // Every usable key was tried and refused: say when one is back.
+            Some(ProviderError::Upstream {
+                status, message, ..
+            }) if status == 429 || status == 403 => Err(ProviderError::Upstream {
+                status,
+                message,
+                retry_after: soonest.map(|s| s.saturating_duration_since(Instant::now())),
+            }),
+            Some(error) => Err(error),
+            None => Err(ProviderError::Upstream {
+                status: 429,
+                message: "every Gemini API key is resting or invalid".into(),
+                retry_after: soonest.map(|s| s.saturating_duration_since(Instant::now())),
+            }),
+        }
+    }
+
+    async fn call(
+        &self,
+        job: &ImageJob,
+        api_key: &HeaderValue,
+    ) -> Result<GeneratedImage, ProviderError> {
         let body = serde_json::to_vec(&GenerateContentRequest::for_job(job))
             .map_err(|err| ProviderError::InvalidResponse(format!("request encoding: {err}")))?;
         let mut response = self
             .client
             .post(self.endpoint(&job.upstream_model))
-            .header("x-goog-api-key", self.api_key.clone())
+            .header("x-goog-api-key", api_key.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(
                 USER_AGENT,
@@ -215,7 +348,7 @@ impl ImageProvider for GeminiProvider {
 
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
         let started = Instant::now();
-        let result = self.call(job).await;
+        let result = self.generate_with_pool(job).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(image) => tracing::debug!(
@@ -235,6 +368,11 @@ impl ImageProvider for GeminiProvider {
         }
         result
     }
+}
+
+/// Google answers a bad key with 400 INVALID_ARGUMENT and reason API_KEY_INVALID.
+fn is_key_invalid(status: u16, message: &str) -> bool {
+    status == 400 && (message.contains("API_KEY_INVALID") || message.contains("API key not valid"))
 }
 
 // ---------------------------------------------------------------------------------------------

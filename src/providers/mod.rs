@@ -74,14 +74,16 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Whether trying the same call again later may succeed: 429, 500, 502, 503, 504 and
-    /// transport failures. Refusals, 4xx and unreadable answers are final.
+    /// Whether trying the same call again later may succeed and is safe: 429, 500, 502, 503,
+    /// 504 and failures to reach the upstream at all. Refusals, 4xx, unreadable answers and
+    /// timeouts after the request was sent are final.
     pub fn is_retryable(&self) -> bool {
         match self {
             ProviderError::Upstream { status, .. } => {
                 matches!(status, 429 | 500 | 502 | 503 | 504)
             }
-            ProviderError::Transport { .. } => true,
+            // A request that may have reached the upstream may have been billed: never re-sent.
+            ProviderError::Transport { sent, .. } => !sent,
             ProviderError::Refused(_)
             | ProviderError::NoImage(_)
             | ProviderError::InvalidResponse(_) => false,

@@ -272,3 +272,78 @@ async fn a_running_task_shows_the_processing_record_shape() {
     assert_eq!(done["state"], "succeeded");
     assert_eq!(done["response"]["data"].as_array().unwrap().len(), 1);
 }
+
+async fn app_with_keys(fake: &FakeGemini, keys: &str) -> TestApp {
+    let base_url = fake.base_url();
+    let keys = keys.to_owned();
+    spawn_app_with(move |c| {
+        c.gemini = Some(nano_banana::config::UpstreamConfig {
+            base_url: base_url.clone(),
+            api_version: "v1beta".into(),
+            api_key: keys.clone(),
+        });
+        c.official = c.gemini.clone();
+        c.upstream_timeout = Duration::from_millis(500);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_rate_limited_key_rests_and_the_next_key_is_used() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    let app = app_with_keys(&fake, "key-one,key-two").await;
+    fake.push_scenario(Scenario::RateLimited {
+        retry_delay: "30s".into(),
+    });
+    let answer = app.post_images(json!({"prompt": "x"})).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let keys: Vec<Option<String>> = fake.requests().iter().map(|r| r.api_key.clone()).collect();
+    assert_eq!(keys, [Some("key-one".into()), Some("key-two".into())]);
+    // key-one rests for 30 s: the next requests all go to key-two.
+    for _ in 0..2 {
+        assert_eq!(app.post_images(json!({"prompt": "y"})).await.status, 200);
+    }
+    let later: Vec<Option<String>> = fake.requests()[2..]
+        .iter()
+        .map(|r| r.api_key.clone())
+        .collect();
+    assert_eq!(later, [Some("key-two".into()), Some("key-two".into())]);
+}
+
+#[tokio::test]
+async fn an_invalid_key_is_taken_out_of_the_pool() {
+    let fake = FakeGemini::start(FakeGeminiOptions {
+        api_key: Some("good-key".into()),
+        ..FakeGeminiOptions::default()
+    })
+    .await
+    .unwrap();
+    let app = app_with_keys(&fake, "bad-key,good-key").await;
+    for _ in 0..3 {
+        assert_eq!(app.post_images(json!({"prompt": "x"})).await.status, 200);
+    }
+    let bad_calls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.api_key.as_deref() == Some("bad-key"))
+        .count();
+    assert_eq!(bad_calls, 1, "tried once, then never again");
+}
+
+#[tokio::test]
+async fn a_timeout_after_sending_is_not_resent_on_another_key() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    let app = app_with_keys(&fake, "key-one,key-two").await;
+    fake.push_scenario(Scenario::Hang);
+    let answer = app.post_images(json!({"prompt": "x"})).await;
+    assert_error(&answer, 500, "api_error");
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "the possibly billed call was not re-sent"
+    );
+}
