@@ -215,7 +215,9 @@ impl GeminiProvider {
         let count = self.keys.len();
         let start = self.next_key.fetch_add(1, Ordering::Relaxed) % count;
         let mut last_error = None;
-        let mut soonest: Option<Instant> = None;
+        // The shortest wait until some key can be used again.
+        let mut soonest: Option<Duration> = None;
+        let mut note = |rest: Duration| soonest = Some(soonest.map_or(rest, |s| s.min(rest)));
         for offset in 0..count {
             let slot = &self.keys[(start + offset) % count];
             if slot.invalid.load(Ordering::Relaxed) {
@@ -230,7 +232,7 @@ impl GeminiProvider {
                 if let Some(until) = *cooling
                     && until > now
                 {
-                    soonest = Some(soonest.map_or(until, |s| s.min(until)));
+                    note(until - now);
                     continue;
                 }
             }
@@ -262,9 +264,7 @@ impl GeminiProvider {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + rest);
                     tracing::warn!(key = %slot.label, status, cooldown_ms = rest.as_millis() as u64, "Gemini key rests");
-                    soonest = Some(
-                        soonest.map_or(Instant::now() + rest, |s| s.min(Instant::now() + rest)),
-                    );
+                    note(rest);
                     last_error = Some(ProviderError::Upstream {
                         status,
                         message,
@@ -281,13 +281,13 @@ impl GeminiProvider {
             }) if status == 429 || status == 403 => Err(ProviderError::Upstream {
                 status,
                 message,
-                retry_after: soonest.map(|s| s.saturating_duration_since(Instant::now())),
+                retry_after: soonest,
             }),
             Some(error) => Err(error),
             None => Err(ProviderError::Upstream {
                 status: 429,
                 message: "every Gemini API key is resting or invalid".into(),
-                retry_after: soonest.map(|s| s.saturating_duration_since(Instant::now())),
+                retry_after: soonest,
             }),
         }
     }
@@ -1102,7 +1102,8 @@ mod tests {
                 matches!(err, ProviderError::Transport { sent: true, .. }),
                 "{err:?}"
             );
-            assert!(err.is_retryable());
+            // It may have been billed: never re-sent.
+            assert!(!err.is_retryable());
         }
         assert_eq!(fake.request_count(), 2);
     }
