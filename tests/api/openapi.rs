@@ -4,11 +4,11 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{answer, spawn_app};
+use crate::helpers::answer;
 
 #[tokio::test]
 async fn every_documented_route_exists_and_every_route_is_documented() {
-    let app = spawn_app().await;
+    let app = crate::helpers::spawn_app_with(|c| c.admin_key = Some("k".into())).await;
     let doc = answer(app.get("/openapi.json").await).await.body;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
@@ -32,20 +32,43 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         "GET /healthz",
         "GET /openapi.json",
         "GET /metrics",
+        "POST /admin/apps",
+        "GET /admin/apps",
+        "GET /admin/apps/{id}",
+        "POST /admin/apps/{id}/topup",
+        "POST /admin/apps/{id}/disable",
+        "POST /admin/apps/{id}/enable",
+        "PUT /admin/apps/{id}/limits",
+        "POST /admin/apps/{id}/tokens",
+        "GET /admin/tokens",
+        "POST /admin/tokens/{id}/revoke",
+        "GET /admin/usage",
     ]
     .into_iter()
     .map(str::to_owned)
     .collect();
     assert_eq!(documented, served);
 
-    // Each documented route answers something other than `no_api`.
+    // Each documented public route answers; each admin route exists (it asks for the key).
     let made = app.post_images(json!({"prompt": "doc"})).await;
     let image_url = made.body["data"][0]["image_url"]
         .as_str()
         .unwrap()
         .to_owned();
     let key = image_url.rsplit('/').next().unwrap().to_owned();
-    for route in &served {
+    for route in served.iter().filter(|r| r.contains(" /admin/")) {
+        let (method, path) = route.split_once(' ').unwrap();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, format!("{}{}", app.address, path.replace("{id}", "x")))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "no_token", "{route}");
+    }
+    for route in served.iter().filter(|r| !r.contains(" /admin/")) {
         let (method, path) = route.split_once(' ').unwrap();
         let response = if method == "GET" {
             app.get(&path.replace("{key}", &key)).await
