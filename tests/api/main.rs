@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod callbacks;
 mod gemini;
+mod hostile;
 mod idempotency;
 mod images;
 mod lifecycle;
