@@ -295,6 +295,18 @@ impl Fetcher {
         Ok(url)
     }
 
+    /// Everything about an input image source that can be checked before a task exists, without
+    /// any network traffic: a `data:` URI is decoded and its header read (it carries the image
+    /// itself); a URL gets [`Fetcher::check_url`].
+    pub fn check_source(&self, source: &str) -> Result<(), FetchError> {
+        let policy = &self.inner.rules.policy;
+        if has_scheme(source, "data") {
+            parse_data_uri(source, policy.max_image_bytes, policy.max_pixels).map(|_| ())
+        } else {
+            self.check_url(source).map(|_| ())
+        }
+    }
+
     /// Loads one input image from a `data:` URI or an http(s) URL: size-capped, sniffed from the
     /// bytes, its dimensions read from the header and bounded.
     pub async fn load_image(&self, source: &str) -> Result<InputImage, FetchError> {

@@ -303,7 +303,7 @@ fn parse_image_urls(
                 Err(invalid(format!("image_urls[{i}] must not be empty.")))
             }
             // data: URIs carry the image itself and are bounded by the image size cap instead.
-            Value::String(s) if !s.starts_with("data:") && s.len() > limits.max_url_chars => {
+            Value::String(s) if !is_data_uri(s.trim()) && s.len() > limits.max_url_chars => {
                 Err(invalid(format!(
                     "image_urls[{i}] is too long: at most {} characters.",
                     limits.max_url_chars
@@ -313,6 +313,11 @@ fn parse_image_urls(
             _ => Err(invalid(format!("image_urls[{i}] must be a string."))),
         })
         .collect()
+}
+
+/// URI schemes are case-insensitive: `DATA:image/png;…` is a data URI too.
+fn is_data_uri(s: &str) -> bool {
+    s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:"))
 }
 
 /// A string field; `null` counts as absent (clients serialise unset options as null).

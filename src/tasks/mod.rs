@@ -347,14 +347,9 @@ impl Tasks {
     }
 
     fn check_image_source(&self, index: usize, source: &str) -> Result<(), ApiError> {
-        let checked = if source.starts_with("data:") {
-            let policy = self.fetcher.policy();
-            crate::fetch::parse_data_uri(source, policy.max_image_bytes, policy.max_pixels)
-                .map(|_| ())
-        } else {
-            self.fetcher.check_url(source).map(|_| ())
-        };
-        checked.map_err(|e| image_error(index, &e))
+        self.fetcher
+            .check_source(source)
+            .map_err(|e| image_error(index, &e))
     }
 
     fn lock_waiters(

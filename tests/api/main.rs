@@ -7,6 +7,7 @@ mod billing;
 mod callbacks;
 mod crash;
 mod gemini;
+mod hostile;
 mod idempotency;
 mod images;
 mod lifecycle;
