@@ -20,7 +20,7 @@ use crate::{
 
 /// Flags of `nano-banana serve`. Every field is optional so that "not given" can fall back to
 /// the TOML file and then to the default.
-#[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+#[derive(clap::Args, Default, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML configuration file (same keys as these flags, in snake_case)
@@ -189,8 +189,8 @@ pub struct RouteConfig {
     pub upstream_model: Option<String>,
 }
 
-/// Everything the server needs, resolved and defaulted.
-#[derive(Debug, Clone)]
+/// Everything the server needs, resolved and defaulted. `Debug` leaves secrets out.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -223,11 +223,45 @@ pub struct Config {
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamConfig {
     pub base_url: String,
     pub api_version: String,
+    /// One key, or several comma-separated (a key pool).
     pub api_key: String,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("base_url", &self.base_url)
+            .field("api_version", &self.api_version)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<none>" };
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url)
+            .field("public_base_url", &self.public_base_url)
+            .field("workers", &self.workers)
+            .field("gemini", &self.gemini)
+            .field("official", &self.official)
+            .field("fetch", &self.fetch)
+            .field("models", &self.models)
+            .field("bootstrap_token", &redacted(self.bootstrap_token.is_some()))
+            .field("admin_key", &redacted(self.admin_key.is_some()))
+            .field(
+                "callback_signing_key",
+                &redacted(self.callback_signing_key.is_some()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 pub const DEFAULT_GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -487,6 +521,21 @@ mod tests {
         };
         let config = Config::merge(forced, ServeArgs::default(), Some("k".into())).unwrap();
         assert!(config.gemini.is_none());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let flags = ServeArgs {
+            bootstrap_token: Some("nb-secret-token".into()),
+            admin_key: Some("admin-secret".into()),
+            ..ServeArgs::default()
+        };
+        let config =
+            Config::merge(flags, ServeArgs::default(), Some("gemini-secret".into())).unwrap();
+        let shown = format!("{config:?}");
+        for secret in ["nb-secret-token", "admin-secret", "gemini-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

@@ -61,7 +61,10 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let response = app
             .client
-            .request(method, format!("{}{}", app.address, path.replace("{id}", "x")))
+            .request(
+                method,
+                format!("{}{}", app.address, path.replace("{id}", "x")),
+            )
             .send()
             .await
             .unwrap();
