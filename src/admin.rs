@@ -318,7 +318,7 @@ impl AdminCommand {
 }
 
 /// `nano-banana admin …`: against a running server (`--server`) or directly on the database.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 pub struct AdminArgs {
     /// A running server's base URL; without it, the database is changed directly
     #[arg(long, env = "NANO_BANANA_ADMIN_SERVER", value_name = "URL")]
