@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_MAX_PROMPT_CHARS", value_name = "N")]
     pub max_prompt_chars: Option<usize>,
 
-    /// Gemini API key (GEMINI_API_KEY is read too); without one, images are offline placeholders
+    /// Gemini API key, or several comma-separated (a key pool); GEMINI_API_KEY is read too; without one, images are offline placeholders
     #[arg(
         long,
         env = "NANO_BANANA_GEMINI_API_KEY",
@@ -98,7 +98,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
     pub upstream_timeout: Option<u64>,
 
-    /// Upstream calls per image before giving up on retryable failures (429, 5xx, timeouts) [default: 4]
+    /// Upstream calls per image before giving up on retryable failures (429, 5xx, upstream unreachable) [default: 4]
     #[arg(long, env = "NANO_BANANA_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
 
