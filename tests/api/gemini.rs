@@ -246,7 +246,7 @@ async fn count_makes_parallel_calls_and_partial_success_returns_what_worked() {
 #[tokio::test]
 async fn a_running_task_shows_the_processing_record_shape() {
     let (app, fake) = fake_app().await;
-    fake.push_scenario(Scenario::Slow(Duration::from_millis(400)));
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(1000)));
     let accepted = app.post_images(json!({"prompt": "x", "async": true})).await;
     let id = accepted.body["task_id"].as_str().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
