@@ -245,8 +245,10 @@ async fn count_makes_parallel_calls_and_partial_success_returns_what_worked() {
 
 #[tokio::test]
 async fn a_running_task_shows_the_processing_record_shape() {
-    let (app, fake) = fake_app().await;
+    let fake = FakeGemini::start(FakeGeminiOptions::default()).await.unwrap();
+    // Long enough to be seen running even on a loaded machine.
     fake.push_scenario(Scenario::Slow(Duration::from_millis(1000)));
+    let app = app_with_keys(&fake, "k").await;
     let accepted = app.post_images(json!({"prompt": "x", "async": true})).await;
     let id = accepted.body["task_id"].as_str().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -283,7 +285,7 @@ async fn app_with_keys(fake: &FakeGemini, keys: &str) -> TestApp {
             api_key: keys.clone(),
         });
         c.official = c.gemini.clone();
-        c.upstream_timeout = Duration::from_millis(500);
+        c.upstream_timeout = Duration::from_millis(2000);
     })
     .await
 }
