@@ -245,7 +245,9 @@ async fn count_makes_parallel_calls_and_partial_success_returns_what_worked() {
 
 #[tokio::test]
 async fn a_running_task_shows_the_processing_record_shape() {
-    let fake = FakeGemini::start(FakeGeminiOptions::default()).await.unwrap();
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
     // Long enough to be seen running even on a loaded machine.
     fake.push_scenario(Scenario::Slow(Duration::from_millis(1000)));
     let app = app_with_keys(&fake, "k").await;
