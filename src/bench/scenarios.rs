@@ -123,10 +123,13 @@ impl Bench {
                 Duration::from_secs(2)
             },
         };
-        let direct = Endpoint::gemini(&fake, generate_content(), n);
-        let d = self
-            .measure("S3", "direct", plan, &fake, None, &direct)
-            .await?;
+        // Each endpoint's client keeps its connections open until it is dropped: the direct
+        // phase's 10,000 must be closed before the server phase opens 10,000 more.
+        let d = {
+            let direct = Endpoint::gemini(&fake, generate_content(), n);
+            self.measure("S3", "direct", plan, &fake, None, &direct)
+                .await?
+        };
         let server = self.server(&fake, workers, work, "s3").await?;
         let through = Endpoint::images(&server, generate_body(), n);
         let s = self
