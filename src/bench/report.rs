@@ -63,7 +63,8 @@ pub struct Verdict {
     pub measure: String,
     pub result: String,
     pub target: String,
-    pub met: bool,
+    /// `None`: no target, measured for the record.
+    pub met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,7 +87,7 @@ impl Report {
         measure: impl Into<String>,
         result: impl Into<String>,
         target: impl Into<String>,
-        met: bool,
+        met: Option<bool>,
     ) {
         self.verdicts.push(Verdict {
             scenario,
@@ -146,7 +147,11 @@ impl Report {
                     v.measure,
                     v.result,
                     v.target,
-                    if v.met { "yes" } else { "**no**" }
+                    match v.met {
+                        Some(true) => "yes",
+                        Some(false) => "**no**",
+                        None => "–",
+                    }
                 );
             }
         }
@@ -195,7 +200,7 @@ mod tests {
         report
             .rows
             .push(Row::from_outcome("S1", "direct", 1, &outcome));
-        report.verdict("S1", "added p50", "2.000 ms", "≤ 1 ms", false);
+        report.verdict("S1", "added p50", "2.000 ms", "≤ 1 ms", Some(false));
         let text = report.render();
         assert!(
             text.contains("| S1 | direct | 1 | 3 | 0 | 3.0 | 0.500 |"),

@@ -17,7 +17,7 @@ use nano_banana::bench::{self, RunArgs, servers::ServeFileArgs};
                   and through the server, and prints requests/s, latency percentiles, errors, \
                   the server's peak RSS and CPU time as a Markdown table.\n\n\
                   Run it from a release build:\n  \
-                  cargo build --release && target/release/nano-banana-bench all",
+                  cargo build --release --bins && target/release/nano-banana-bench",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
