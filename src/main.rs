@@ -48,9 +48,13 @@ struct FakeGeminiArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: std::net::SocketAddr,
-    /// Delay before each answer, in milliseconds
-    #[arg(long, default_value_t = 0)]
-    latency_ms: u64,
+    /// Delay before each answer: `none`, `250ms` (fixed), `1s..3s` (uniform) or
+    /// `lognormal:6s,12s` (median, 95th percentile)
+    #[arg(long, default_value = "none", value_name = "LATENCY")]
+    latency: nano_banana::fake::gemini::Latency,
+    /// Approximate size of each returned PNG, in bytes (0: a small solid-colour PNG)
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    image_bytes: usize,
 }
 
 #[tokio::main]
@@ -125,13 +129,12 @@ async fn shutdown_signal() {
 async fn fake_gemini(args: FakeGeminiArgs) -> anyhow::Result<()> {
     telemetry::init();
     let options = nano_banana::fake::gemini::FakeGeminiOptions {
-        latency: if args.latency_ms == 0 {
-            nano_banana::fake::gemini::Latency::None
-        } else {
-            nano_banana::fake::gemini::Latency::Fixed(std::time::Duration::from_millis(
-                args.latency_ms,
-            ))
-        },
+        latency: args.latency,
+        image_bytes: args.image_bytes,
+        // Nothing reads the recorded requests of a standalone fake, and the benchmark sends it
+        // bodies of tens of megabytes: keep none.
+        record_bodies: false,
+        record_limit: 0,
         ..Default::default()
     };
     let fake = nano_banana::fake::gemini::FakeGemini::start_on(args.listen, options).await?;

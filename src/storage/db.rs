@@ -154,6 +154,9 @@ impl Db {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A connection to a local file cannot go stale; the default ping on every acquire
+            // only added a round trip to the connection's thread per query (BENCHMARKS.md, S1).
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;

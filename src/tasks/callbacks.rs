@@ -56,6 +56,9 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = tasks.callback_queued.notified() => {}
+            // With every slot busy, a finished delivery is what makes room: without this the
+            // backlog drained at one claim per poll interval (BENCHMARKS.md, S4).
+            _ = slot_freed(&slots), if free == 0 => {}
             _ = tokio::time::sleep(tasks.settings.poll_interval) => {}
             _ = shutdown.changed() => {}
         }
@@ -66,6 +69,13 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) 
         while running.join_next().await.is_some() {}
     })
     .await;
+}
+
+async fn slot_freed(slots: &tokio::sync::Semaphore) {
+    // A permit being returned is observed by acquiring and dropping one.
+    if let Ok(permit) = slots.acquire().await {
+        drop(permit);
+    }
 }
 
 #[tracing::instrument(skip_all, fields(task_id = %callback.task_id, attempt = callback.attempts + 1))]
