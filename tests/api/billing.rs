@@ -436,3 +436,58 @@ async fn the_admin_cli_works_on_the_database_and_against_the_server() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid_token"));
 }
+
+#[tokio::test]
+async fn credits_stay_exact_with_concurrent_partial_failures() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.admin_key = Some(ADMIN_KEY.into());
+        c.gemini = Some(nano_banana::config::UpstreamConfig {
+            base_url,
+            api_version: "v1beta".into(),
+            api_key: "k".into(),
+        });
+        c.official = c.gemini.clone();
+    })
+    .await;
+    let (id, token) = application(&app, 10, json!({})).await;
+    // Every other request asks for two images, one of which the upstream refuses.
+    let requests = (0..100).map(|i| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let body = if i % 2 == 0 {
+                json!({"prompt": format!("image {i}")})
+            } else {
+                json!({"prompt": format!("image {i}"), "count": 2})
+            };
+            generate(app, &token, body).await
+        }
+    });
+    // Refusals are decided by the fake per call: queue one refusal for every pair.
+    for _ in 0..50 {
+        fake.push_scenario(Scenario::Success);
+        fake.push_scenario(Scenario::ImageSafety);
+    }
+    let answers = futures_util::future::join_all(requests).await;
+    let images: usize = answers
+        .iter()
+        .filter(|a| a.status == 200)
+        .map(|a| a.body["data"].as_array().unwrap().len())
+        .sum();
+    for other in answers.iter().filter(|a| a.status != 200) {
+        let code = other.body["error"]["code"].as_str().unwrap();
+        assert!(code == "used_up" || code == "forbidden", "{}", other.body);
+    }
+    let (credits, ledger_sum) = balance(&app, &id).await;
+    assert_eq!(credits, ledger_sum, "balance = sum of the ledger");
+    assert_eq!(
+        images as i64 + credits,
+        10,
+        "every credit is an image made or still there"
+    );
+    assert!(images > 0);
+}
