@@ -140,12 +140,7 @@ async fn only_images_made_are_charged_and_the_rest_refunded() {
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
         c.admin_key = Some(ADMIN_KEY.into());
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url,
-            api_version: "v1beta".into(),
-            api_key: "k".into(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
     let (id, token) = application(&app, 10, json!({})).await;
@@ -357,12 +352,7 @@ async fn the_concurrency_limit_refuses_a_second_unfinished_task() {
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
         c.admin_key = Some(ADMIN_KEY.into());
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url,
-            api_version: "v1beta".into(),
-            api_key: "k".into(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
     let (_, token) = application(&app, 100, json!({"max_concurrent": 1})).await;
@@ -445,12 +435,7 @@ async fn credits_stay_exact_with_concurrent_partial_failures() {
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
         c.admin_key = Some(ADMIN_KEY.into());
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url,
-            api_version: "v1beta".into(),
-            api_key: "k".into(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
     let (id, token) = application(&app, 10, json!({})).await;

@@ -12,12 +12,7 @@ async fn app_with_fake(options: FakeGeminiOptions) -> (TestApp, FakeGemini) {
     let fake = FakeGemini::start(options).await.unwrap();
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url: base_url.clone(),
-            api_version: "v1beta".into(),
-            api_key: "test-key".into(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, "test-key");
         c.upstream_timeout = Duration::from_millis(500);
         c.max_attempts = 3;
     })
@@ -281,12 +276,7 @@ async fn app_with_keys(fake: &FakeGemini, keys: &str) -> TestApp {
     let base_url = fake.base_url();
     let keys = keys.to_owned();
     spawn_app_with(move |c| {
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url: base_url.clone(),
-            api_version: "v1beta".into(),
-            api_key: keys.clone(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, &keys);
         c.upstream_timeout = Duration::from_millis(2000);
     })
     .await

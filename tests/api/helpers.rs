@@ -351,3 +351,13 @@ impl CallbackReceiver {
         }
     }
 }
+
+/// Points the server's upstreams (plain and `:official`) at a Gemini endpoint, e.g. a fake.
+pub fn use_gemini(config: &mut Config, base_url: &str, api_key: &str) {
+    config.gemini = Some(nano_banana::config::UpstreamConfig {
+        base_url: base_url.to_owned(),
+        api_version: "v1beta".into(),
+        api_key: api_key.to_owned(),
+    });
+    config.official = config.gemini.clone();
+}

@@ -33,12 +33,7 @@ async fn a_graceful_stop_lets_running_tasks_finish() {
     fake.push_scenario(Scenario::Slow(Duration::from_millis(500)));
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url,
-            api_version: "v1beta".into(),
-            api_key: "k".into(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
     let accepted = app
@@ -78,12 +73,7 @@ async fn a_sync_task_finishes_after_its_client_disconnects() {
     fake.push_scenario(Scenario::Slow(Duration::from_millis(600)));
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
-        c.gemini = Some(nano_banana::config::UpstreamConfig {
-            base_url,
-            api_version: "v1beta".into(),
-            api_key: "k".into(),
-        });
-        c.official = c.gemini.clone();
+        crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
     let body = json!({"prompt": "patience"});
