@@ -46,9 +46,12 @@ impl Application {
     ) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
-        let db = Db::connect(&config.database_url)
-            .await
-            .with_context(|| format!("opening the database {}", config.database_url))?;
+        let db = Db::connect(&config.database_url).await.with_context(|| {
+            format!(
+                "opening the database {}",
+                crate::config::redact_url(&config.database_url)
+            )
+        })?;
         let store = ImageStore::local(&config.data_dir.join("images"))
             .context("opening the image store")?;
         let routes = build_routes(&config)?;
@@ -226,27 +229,22 @@ async fn bootstrap(db: &Db, wanted: Option<&str>, credits: i64) -> anyhow::Resul
         Some(token) => token.to_owned(),
         None => new_token(),
     };
-    let now = now_ms();
-    let application_id = uuid::Uuid::new_v4().to_string();
-    db.create_application(
-        &application_id,
-        "default",
-        &uuid::Uuid::new_v4().to_string(),
-        credits,
-        now,
-    )
-    .await
-    .context("creating the first application")?;
-    db.create_token(
-        &uuid::Uuid::new_v4().to_string(),
-        &application_id,
-        &token_hash(&token),
-        &token_prefix(&token),
-        "bootstrap",
-        now,
-    )
-    .await
-    .context("creating the first token")?;
+    let created = db
+        .create_first_application(
+            &uuid::Uuid::new_v4().to_string(),
+            &uuid::Uuid::new_v4().to_string(),
+            credits,
+            &uuid::Uuid::new_v4().to_string(),
+            &token_hash(&token),
+            &token_prefix(&token),
+            now_ms(),
+        )
+        .await
+        .context("creating the first application and token")?;
+    if !created {
+        // Another node starting at the same moment made it.
+        return Ok(None);
+    }
     Ok(Some(token))
 }
 

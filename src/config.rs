@@ -36,7 +36,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Database URL [default: sqlite://DATA_DIR/nano-banana.db]
+    /// Database URL: sqlite://PATH, or postgres://USER:PASSWORD@HOST:PORT/DB for several nodes
+    /// [default: sqlite://DATA_DIR/nano-banana.db]
     #[arg(long, env = "NANO_BANANA_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 
@@ -44,7 +45,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_PUBLIC_BASE_URL", value_name = "URL")]
     pub public_base_url: Option<String>,
 
-    /// Tasks run at once by this process; more wait in the queue [default: 64]
+    /// Tasks run at once by this process; more wait in the queue. 0: an API-only node that
+    /// runs no tasks itself (other nodes on the same database do) [default: 64]
     #[arg(long, env = "NANO_BANANA_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 
@@ -247,7 +249,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url)
+            .field("database_url", &redact_url(&self.database_url))
             .field("public_base_url", &self.public_base_url)
             .field("workers", &self.workers)
             .field("gemini", &self.gemini)
@@ -348,9 +350,6 @@ impl Config {
             };
         }
         if let Some(n) = take!(workers) {
-            if n == 0 {
-                bail!("--workers must be at least 1");
-            }
             config.workers = n;
         }
         if let Some(n) = take!(max_body_bytes) {
@@ -473,6 +472,22 @@ pub fn decode_webhook_secret(secret: &str) -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
+/// A URL fit for logs: any password replaced by `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("<redacted>"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL we can take apart: show only its scheme.
+        Err(_) => match url.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:<redacted>"),
+            None => "<redacted>".to_owned(),
+        },
+    }
+}
+
 fn sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("nano-banana.db").display())
 }
@@ -480,6 +495,22 @@ fn sqlite_url(data_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_in_logs_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/nb"),
+            "postgres://app:%3Credacted%3E@db.internal:5432/nb"
+        );
+        assert_eq!(
+            redact_url("postgres://root@127.0.0.1/test"),
+            "postgres://root@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/nano-banana.db"),
+            "sqlite://./data/nano-banana.db"
+        );
+    }
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {

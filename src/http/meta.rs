@@ -1,10 +1,12 @@
-//! Our own operational routes: liveness and the OpenAPI document.
+//! Our own operational routes: liveness, readiness, metrics and the OpenAPI document.
 
 use axum::{
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Json, Response},
 };
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::AppState;
@@ -15,6 +17,40 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
+}
+
+/// Readiness: every shared dependency answers within a short timeout. 503 with the failing
+/// check named (and nothing secret) otherwise, so a load balancer stops sending traffic here.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    async fn check<E: std::fmt::Display>(
+        probe: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(TIMEOUT, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", TIMEOUT.as_secs())),
+        }
+    }
+    let checks = [("database", check(state.tasks.db().ping()).await)];
+    let ready = checks.iter().all(|(_, result)| result.is_ok());
+    let report: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, result)| {
+            let value = match result {
+                Ok(()) => json!({"status": "ok"}),
+                Err(error) => json!({"status": "error", "error": error}),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ready { "ready" } else { "unavailable" }, "checks": report});
+    (status, Json(body)).into_response()
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -54,6 +54,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(admin::routes(state.clone()))
         .route("/images/{key}", get(files::get))
         .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
         .route("/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics))
         .fallback(no_api)

@@ -6,15 +6,32 @@
 //! taken over cannot overwrite the new owner's result. A claim is one `UPDATE … WHERE id IN
 //! (SELECT … LIMIT n) RETURNING`, which is atomic on SQLite (single writer); on PostgreSQL the
 //! inner SELECT gains `FOR UPDATE SKIP LOCKED` and nothing else changes.
+//!
+//! Two databases, one set of queries: SQLite (the default, one machine) and PostgreSQL (several
+//! nodes). The SQL is written once with `$N` placeholders, which both drivers accept, and each
+//! method body is expanded for both pools by `on_pool!`; the few places where the dialects differ
+//! choose between two literal statements. Each database has its own migrations folder with the
+//! same tables and columns.
+//!
+//! Write transactions: SQLite's `BEGIN IMMEDIATE` takes the database's write lock up front;
+//! PostgreSQL locks the rows a check depends on (`SELECT … FOR UPDATE` on the application), so
+//! checks and writes cannot interleave with another node's either way.
 
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Row,
+    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
     },
 };
+
+/// Channel of `NOTIFY` when a task is queued: idle workers on every node wake up.
+const QUEUED_CHANNEL: &str = "nano_banana_task_queued";
+/// Channel of `NOTIFY` when a task finishes (payload: its id): a sync request waiting on another
+/// node answers at once.
+const DONE_CHANNEL: &str = "nano_banana_task_done";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -22,13 +39,114 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per database, with `$pool` bound to the concrete pool and `$pg` telling
+/// whether it is PostgreSQL (for the few statements whose dialects differ).
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        match &$db.pool {
+            Pool::Sqlite($pool) => {
+                let $pg = false;
+                let _ = $pg;
+                $body
+            }
+            Pool::Postgres($pool) => {
+                let $pg = true;
+                let _ = $pg;
+                $body
+            }
+        }
+    };
+}
+
+/// Appends a balance change to the ledger inside the transaction `$tx`.
+macro_rules! ledger {
+    ($tx:expr, $application_id:expr, $task_id:expr, $amount:expr, $reason:expr, $now:expr $(,)?) => {
+        sqlx::query(
+            "INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($application_id)
+        .bind($task_id)
+        .bind($amount)
+        .bind($reason)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await
+    };
+}
+
+/// The aggregate columns of the usage report, shared by both dialects (PostgreSQL's SUM of a
+/// BIGINT is NUMERIC, hence the casts).
+macro_rules! usage_sums {
+    () => {
+        "COUNT(*) AS tasks, CAST(SUM(images) AS BIGINT) AS images, \
+         CAST(SUM(COALESCE(charged, 0)) AS BIGINT) AS credits, \
+         CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed_tasks, \
+         CAST(SUM(failed_images) AS BIGINT) AS failed_images \
+         FROM tasks GROUP BY application_id, model, day ORDER BY day, application_id, model"
+    };
+}
+
+/// A transaction that will write after it has read: see the module documentation.
+trait BeginWrite {
+    type Database: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        // IMMEDIATE: take the write lock before the first read, so checks cannot be invalidated
+        // by another writer before our writes (and no lock upgrade can deadlock).
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+/// What a PostgreSQL `LISTEN` connection heard from any node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    TaskQueued,
+    TaskDone(String),
+}
+
+/// Notifications from other nodes (PostgreSQL only).
+pub struct Listener {
+    inner: PgListener,
+}
+
+impl Listener {
+    /// The next notification. After an error the connection is re-established by the next call;
+    /// notifications sent meanwhile are lost, so callers keep their polling fallback.
+    pub async fn recv(&mut self) -> Result<Event, DbError> {
+        let note = self.inner.recv().await?;
+        Ok(if note.channel() == DONE_CHANNEL {
+            Event::TaskDone(note.payload().to_owned())
+        } else {
+            Event::TaskQueued
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +260,9 @@ pub struct CallbackAttempt<'a> {
 impl Db {
     /// Opens (creating if needed) the database at `url` and runs the migrations.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            return Db::connect_postgres(url).await;
+        }
         if !url.starts_with("sqlite:") {
             return Err(DbError::UnsupportedUrl(url.to_owned()));
         }
@@ -160,25 +281,64 @@ impl Db {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Db, DbError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        // The migrator holds an advisory lock, so nodes starting together migrate once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Db {
+            pool: Pool::Postgres(pool),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and `/readyz`.
+    pub fn kind(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        on_pool!(self, |pool, _pg| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool, _pg| pool.close().await)
+    }
+
+    /// A connection that hears other nodes' task notifications; `None` on SQLite, where every
+    /// writer is in this process or polls.
+    pub async fn listen(&self) -> Result<Option<Listener>, DbError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let mut inner = PgListener::connect_with(pool).await?;
+        inner.listen_all([QUEUED_CHANNEL, DONE_CHANNEL]).await?;
+        Ok(Some(Listener { inner }))
     }
 
     // ---- applications and tokens ------------------------------------------------------------
 
     pub async fn count_tokens(&self) -> Result<i64, DbError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
+                .fetch_one(pool)
+                .await?;
+            Ok(row.try_get("n")?)
+        })
     }
 
     pub async fn create_application(
@@ -189,22 +349,89 @@ impl Db {
         credits: i64,
         now: i64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO applications (id, name, user_id, credits, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(user_id)
-        .bind(credits)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if credits != 0 {
-            ledger(&mut tx, id, None, credits, "initial credit", now).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        on_pool!(self, |pool, pg| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO applications (id, name, user_id, credits, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(user_id)
+            .bind(credits)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if credits != 0 {
+                ledger!(tx, id, None::<&str>, credits, "initial credit", now)?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Creates the first application and its token, unless the database has a token already
+    /// (`false`). Atomic, so nodes starting together on one empty database make one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_first_application(
+        &self,
+        application_id: &str,
+        user_id: &str,
+        credits: i64,
+        token_id: &str,
+        hash: &str,
+        prefix: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        on_pool!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            if pg {
+                // Any fixed key: serializes the bootstrap of concurrent first starts.
+                sqlx::query("SELECT pg_advisory_xact_lock(7243000001)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let tokens: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            if tokens > 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO applications (id, name, user_id, credits, created_at) \
+                 VALUES ($1, 'default', $2, $3, $4)",
+            )
+            .bind(application_id)
+            .bind(user_id)
+            .bind(credits)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if credits != 0 {
+                ledger!(
+                    tx,
+                    application_id,
+                    None::<&str>,
+                    credits,
+                    "initial credit",
+                    now
+                )?;
+            }
+            sqlx::query(
+                "INSERT INTO tokens (id, application_id, hash, prefix, name, created_at) \
+                 VALUES ($1, $2, $3, $4, 'bootstrap', $5)",
+            )
+            .bind(token_id)
+            .bind(application_id)
+            .bind(hash)
+            .bind(prefix)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     pub async fn create_token(
@@ -216,73 +443,81 @@ impl Db {
         name: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO tokens (id, application_id, hash, prefix, name, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(application_id)
-        .bind(hash)
-        .bind(prefix)
-        .bind(name)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self, |pool, pg| {
+            sqlx::query(
+                "INSERT INTO tokens (id, application_id, hash, prefix, name, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(application_id)
+            .bind(hash)
+            .bind(prefix)
+            .bind(name)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     pub async fn find_token(&self, hash: &str) -> Result<Option<TokenRow>, DbError> {
-        let row = sqlx::query(
-            "SELECT t.id, t.application_id, a.user_id, a.disabled, t.apis, t.expires_at, t.revoked, \
-                 a.rate_per_minute, a.burst \
-             FROM tokens t JOIN applications a ON a.id = t.application_id WHERE t.hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(TokenRow {
-            token_id: row.try_get("id")?,
-            application_id: row.try_get("application_id")?,
-            user_id: row.try_get("user_id")?,
-            application_disabled: row.try_get::<i64, _>("disabled")? != 0,
-            apis: row.try_get("apis")?,
-            expires_at: row.try_get("expires_at")?,
-            revoked: row.try_get::<i64, _>("revoked")? != 0,
-            rate_per_minute: row.try_get("rate_per_minute")?,
-            burst: row.try_get("burst")?,
-        }))
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(
+                "SELECT t.id, t.application_id, a.user_id, a.disabled, t.apis, t.expires_at, t.revoked, \
+                     a.rate_per_minute, a.burst \
+                 FROM tokens t JOIN applications a ON a.id = t.application_id WHERE t.hash = $1",
+            )
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            Ok(Some(TokenRow {
+                token_id: row.try_get("id")?,
+                application_id: row.try_get("application_id")?,
+                user_id: row.try_get("user_id")?,
+                application_disabled: row.try_get::<i64, _>("disabled")? != 0,
+                apis: row.try_get("apis")?,
+                expires_at: row.try_get("expires_at")?,
+                revoked: row.try_get::<i64, _>("revoked")? != 0,
+                rate_per_minute: row.try_get("rate_per_minute")?,
+                burst: row.try_get("burst")?,
+            }))
+        })
     }
 
     pub async fn get_application(&self, id: &str) -> Result<Option<ApplicationRow>, DbError> {
-        let row = sqlx::query(
-            "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
-                 a.max_concurrent, a.created_at, \
-                 (SELECT COALESCE(SUM(amount), 0) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
-             FROM applications a WHERE a.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref()
-            .map(application_row)
-            .transpose()
-            .map_err(Into::into)
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(
+                "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
+                     a.max_concurrent, a.created_at, \
+                     (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
+                 FROM applications a WHERE a.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref()
+                .map(application_row)
+                .transpose()
+                .map_err(Into::into)
+        })
     }
 
     pub async fn list_applications(&self) -> Result<Vec<ApplicationRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
-                 a.max_concurrent, a.created_at, \
-                 (SELECT COALESCE(SUM(amount), 0) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
-             FROM applications a ORDER BY a.created_at, a.id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(application_row)
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(
+                "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
+                     a.max_concurrent, a.created_at, \
+                     (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
+                 FROM applications a ORDER BY a.created_at, a.id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(application_row)
+                .collect::<Result<_, _>>()
+                .map_err(Into::into)
+        })
     }
 
     /// Adds credits (a top-up) and records it in the ledger. `false`: no such application.
@@ -293,19 +528,21 @@ impl Db {
         reason: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let done = sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
-            .bind(id)
-            .bind(credits)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        ledger(&mut tx, id, None, credits, reason, now).await?;
-        tx.commit().await?;
-        Ok(true)
+        on_pool!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
+                .bind(id)
+                .bind(credits)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            ledger!(tx, id, None::<&str>, credits, reason, now)?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     pub async fn set_application_disabled(
@@ -313,12 +550,14 @@ impl Db {
         id: &str,
         disabled: bool,
     ) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE applications SET disabled = $2 WHERE id = $1")
-            .bind(id)
-            .bind(i64::from(disabled))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, |pool, pg| {
+            let done = sqlx::query("UPDATE applications SET disabled = $2 WHERE id = $1")
+                .bind(id)
+                .bind(i64::from(disabled))
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Sets the rate limits; `None` means unlimited.
@@ -329,16 +568,18 @@ impl Db {
         burst: Option<i64>,
         max_concurrent: Option<i64>,
     ) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "UPDATE applications SET rate_per_minute = $2, burst = $3, max_concurrent = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(rate_per_minute)
-        .bind(burst)
-        .bind(max_concurrent)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, |pool, pg| {
+            let done = sqlx::query(
+                "UPDATE applications SET rate_per_minute = $2, burst = $3, max_concurrent = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(rate_per_minute)
+            .bind(burst)
+            .bind(max_concurrent)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     pub async fn set_token_details(
@@ -347,77 +588,92 @@ impl Db {
         expires_at: Option<i64>,
         apis: &str,
     ) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE tokens SET expires_at = $2, apis = $3 WHERE id = $1")
-            .bind(id)
-            .bind(expires_at)
-            .bind(apis)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, |pool, pg| {
+            let done = sqlx::query("UPDATE tokens SET expires_at = $2, apis = $3 WHERE id = $1")
+                .bind(id)
+                .bind(expires_at)
+                .bind(apis)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     pub async fn list_tokens(
         &self,
         application_id: Option<&str>,
     ) -> Result<Vec<TokenInfo>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, application_id, prefix, name, apis, expires_at, revoked, created_at \
-             FROM tokens WHERE ($1 IS NULL OR application_id = $1) ORDER BY created_at, id",
-        )
-        .bind(application_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(TokenInfo {
-                    id: row.try_get("id")?,
-                    application_id: row.try_get("application_id")?,
-                    prefix: row.try_get("prefix")?,
-                    name: row.try_get("name")?,
-                    apis: row.try_get("apis")?,
-                    expires_at: row.try_get("expires_at")?,
-                    revoked: row.try_get::<i64, _>("revoked")? != 0,
-                    created_at: row.try_get("created_at")?,
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(
+                "SELECT id, application_id, prefix, name, apis, expires_at, revoked, created_at \
+                 FROM tokens WHERE ($1 IS NULL OR application_id = $1) ORDER BY created_at, id",
+            )
+            .bind(application_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(TokenInfo {
+                        id: row.try_get("id")?,
+                        application_id: row.try_get("application_id")?,
+                        prefix: row.try_get("prefix")?,
+                        name: row.try_get("name")?,
+                        apis: row.try_get("apis")?,
+                        expires_at: row.try_get("expires_at")?,
+                        revoked: row.try_get::<i64, _>("revoked")? != 0,
+                        created_at: row.try_get("created_at")?,
+                    })
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(Into::into)
+        })
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, |pool, pg| {
+            let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Images, credits and failures per application, model and UTC day.
     pub async fn usage(&self) -> Result<Vec<UsageRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT application_id, model, date(created_at / 1000, 'unixepoch') AS day, \
-                 COUNT(*) AS tasks, SUM(images) AS images, SUM(COALESCE(charged, 0)) AS credits, \
-                 SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed_tasks, \
-                 SUM(failed_images) AS failed_images \
-             FROM tasks GROUP BY application_id, model, day ORDER BY day, application_id, model",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(UsageRow {
-                    application_id: row.try_get("application_id")?,
-                    model: row.try_get("model")?,
-                    day: row.try_get("day")?,
-                    tasks: row.try_get("tasks")?,
-                    images: row.try_get("images")?,
-                    credits: row.try_get("credits")?,
-                    failed_tasks: row.try_get("failed_tasks")?,
-                    failed_images: row.try_get("failed_images")?,
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(
+                if pg {
+                    concat!(
+                        "SELECT application_id, model, ",
+                        "to_char(to_timestamp(created_at / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, ",
+                        usage_sums!()
+                    )
+                } else {
+                    concat!(
+                        "SELECT application_id, model, date(created_at / 1000, 'unixepoch') AS day, ",
+                        usage_sums!()
+                    )
+                },
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(UsageRow {
+                        application_id: row.try_get("application_id")?,
+                        model: row.try_get("model")?,
+                        day: row.try_get("day")?,
+                        tasks: row.try_get("tasks")?,
+                        images: row.try_get("images")?,
+                        credits: row.try_get("credits")?,
+                        failed_tasks: row.try_get("failed_tasks")?,
+                        failed_images: row.try_get("failed_images")?,
+                    })
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(Into::into)
+        })
     }
 
     // ---- tasks ------------------------------------------------------------------------------
@@ -431,120 +687,133 @@ impl Db {
         task: &NewTask<'_>,
         idempotency: Option<(&str, &str, i64)>,
     ) -> Result<Admission, DbError> {
-        // IMMEDIATE: take the write lock before the first read, so the checks below cannot be
-        // invalidated by another writer before our writes (and no lock upgrade can deadlock).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some((key, request_hash, not_before)) = idempotency {
-            // An expired key is forgotten, so it can be used again.
-            sqlx::query(
-                "DELETE FROM idempotency_keys \
-                 WHERE application_id = $1 AND key = $2 AND created_at < $3",
-            )
-            .bind(task.application_id)
-            .bind(key)
-            .bind(not_before)
-            .execute(&mut *tx)
-            .await?;
-            let earlier = sqlx::query(
-                "SELECT task_id, request_hash FROM idempotency_keys \
-                 WHERE application_id = $1 AND key = $2",
-            )
-            .bind(task.application_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = earlier {
-                tx.rollback().await?;
-                return Ok(Admission::Existing {
-                    task_id: row.try_get("task_id")?,
-                    request_hash: row.try_get("request_hash")?,
-                });
-            }
-            sqlx::query(
-                "INSERT INTO idempotency_keys (application_id, key, task_id, request_hash, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(task.application_id)
-            .bind(key)
-            .bind(task.id)
-            .bind(request_hash)
-            .bind(task.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let limit: Option<i64> =
-            sqlx::query("SELECT max_concurrent FROM applications WHERE id = $1")
-                .bind(task.application_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("max_concurrent")?;
-        if let Some(limit) = limit {
-            let running: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM tasks \
-                 WHERE application_id = $1 AND state IN ('pending', 'processing')",
-            )
+        on_pool!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            // On PostgreSQL, locking the application's row serializes its admissions across
+            // nodes, so the checks below hold until commit (SQLite's write lock already does).
+            let limit: Option<i64> = sqlx::query(if pg {
+                "SELECT max_concurrent FROM applications WHERE id = $1 FOR UPDATE"
+            } else {
+                "SELECT max_concurrent FROM applications WHERE id = $1"
+            })
             .bind(task.application_id)
             .fetch_one(&mut *tx)
             .await?
-            .try_get("n")?;
-            if running >= limit {
-                tx.rollback().await?;
-                return Ok(Admission::TooManyConcurrent { limit });
+            .try_get("max_concurrent")?;
+            if let Some((key, request_hash, not_before)) = idempotency {
+                // An expired key is forgotten, so it can be used again.
+                sqlx::query(
+                    "DELETE FROM idempotency_keys \
+                     WHERE application_id = $1 AND key = $2 AND created_at < $3",
+                )
+                .bind(task.application_id)
+                .bind(key)
+                .bind(not_before)
+                .execute(&mut *tx)
+                .await?;
+                let earlier = sqlx::query(
+                    "SELECT task_id, request_hash FROM idempotency_keys \
+                     WHERE application_id = $1 AND key = $2",
+                )
+                .bind(task.application_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = earlier {
+                    tx.rollback().await?;
+                    return Ok(Admission::Existing {
+                        task_id: row.try_get("task_id")?,
+                        request_hash: row.try_get("request_hash")?,
+                    });
+                }
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (application_id, key, task_id, request_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(task.application_id)
+                .bind(key)
+                .bind(task.id)
+                .bind(request_hash)
+                .bind(task.now)
+                .execute(&mut *tx)
+                .await?;
             }
-        }
-        if task.reserved > 0 {
-            let reserved = sqlx::query(
-                "UPDATE applications SET credits = credits - $2 WHERE id = $1 AND credits >= $2",
+            if let Some(limit) = limit {
+                let running: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM tasks \
+                     WHERE application_id = $1 AND state IN ('pending', 'processing')",
+                )
+                .bind(task.application_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+                if running >= limit {
+                    tx.rollback().await?;
+                    return Ok(Admission::TooManyConcurrent { limit });
+                }
+            }
+            if task.reserved > 0 {
+                let reserved = sqlx::query(
+                    "UPDATE applications SET credits = credits - $2 WHERE id = $1 AND credits >= $2",
+                )
+                .bind(task.application_id)
+                .bind(task.reserved)
+                .execute(&mut *tx)
+                .await?;
+                if reserved.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(Admission::UsedUp);
+                }
+                ledger!(
+                    tx,
+                    task.application_id,
+                    Some(task.id),
+                    -task.reserved,
+                    "reserve",
+                    task.now,
+                )?;
+            }
+            sqlx::query(
+                "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
+                 request, state, callback_url, created_at, run_at, model, reserved) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
             )
+            .bind(task.id)
+            .bind(task.trace_id)
             .bind(task.application_id)
+            .bind(task.user_id)
+            .bind(task.api_id)
+            .bind(task.credential_id)
+            .bind(task.request)
+            .bind(task.callback_url)
+            .bind(task.now)
+            .bind(task.model)
             .bind(task.reserved)
             .execute(&mut *tx)
             .await?;
-            if reserved.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(Admission::UsedUp);
+            if pg {
+                // Delivered at commit: idle workers on every node look for work.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(QUEUED_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            ledger(
-                &mut tx,
-                task.application_id,
-                Some(task.id),
-                -task.reserved,
-                "reserve",
-                task.now,
-            )
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-             request, state, callback_url, created_at, run_at, model, reserved) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
-        )
-        .bind(task.id)
-        .bind(task.trace_id)
-        .bind(task.application_id)
-        .bind(task.user_id)
-        .bind(task.api_id)
-        .bind(task.credential_id)
-        .bind(task.request)
-        .bind(task.callback_url)
-        .bind(task.now)
-        .bind(task.model)
-        .bind(task.reserved)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Admission::Inserted)
+            tx.commit().await?;
+            Ok(Admission::Inserted)
+        })
     }
 
     /// The current state of a task, whoever owns it.
     pub async fn task_state(&self, id: &str) -> Result<Option<String>, DbError> {
-        let row = sqlx::query("SELECT state FROM tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("state"))
-            .transpose()
-            .map_err(Into::into)
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query("SELECT state FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| r.try_get("state"))
+                .transpose()
+                .map_err(Into::into)
+        })
     }
 
     /// Claims up to `limit` runnable tasks: pending ones whose time has come, and processing ones
@@ -556,37 +825,50 @@ impl Db {
         limit: usize,
         now: i64,
     ) -> Result<Vec<ClaimedTask>, DbError> {
-        let rows = sqlx::query(
-            "UPDATE tasks SET state = 'processing', lease_owner = $1, lease_until = $2, \
-                 attempts = attempts + 1, started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT id FROM tasks \
-                 WHERE (state = 'pending' AND run_at <= $3) \
-                    OR (state = 'processing' AND lease_until < $3) \
-                 ORDER BY run_at LIMIT $4) \
-             RETURNING id, trace_id, request, callback_url, attempts, created_at",
-        )
-        .bind(owner)
-        .bind(now + lease.as_millis() as i64)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedTask {
-                    id: row.try_get("id")?,
-                    trace_id: row.try_get("trace_id")?,
-                    request: row.try_get("request")?,
-                    callback_url: row.try_get("callback_url")?,
-                    attempts: row.try_get("attempts")?,
-                    created_at: row.try_get("created_at")?,
-                })
+        on_pool!(self, |pool, pg| {
+            macro_rules! claim {
+                ($lock:literal) => {
+                    concat!(
+                        "UPDATE tasks SET state = 'processing', lease_owner = $1, lease_until = $2, \
+                             attempts = attempts + 1, started_at = COALESCE(started_at, $3) \
+                         WHERE id IN (SELECT id FROM tasks \
+                             WHERE (state = 'pending' AND run_at <= $3) \
+                                OR (state = 'processing' AND lease_until < $3) \
+                             ORDER BY run_at LIMIT $4",
+                        $lock,
+                        ") RETURNING id, trace_id, request, callback_url, attempts, created_at"
+                    )
+                };
+            }
+            // Nodes claiming at once skip each other's rows instead of waiting for them.
+            let rows = sqlx::query(if pg {
+                claim!(" FOR UPDATE SKIP LOCKED")
+            } else {
+                claim!("")
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        // RETURNING gives no order guarantee; run the oldest first.
-        claimed.sort_by_key(|t| t.created_at);
-        Ok(claimed)
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?;
+            let mut claimed = rows
+                .iter()
+                .map(|row| {
+                    Ok(ClaimedTask {
+                        id: row.try_get("id")?,
+                        trace_id: row.try_get("trace_id")?,
+                        request: row.try_get("request")?,
+                        callback_url: row.try_get("callback_url")?,
+                        attempts: row.try_get("attempts")?,
+                        created_at: row.try_get("created_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            // RETURNING gives no order guarantee; run the oldest first.
+            claimed.sort_by_key(|t| t.created_at);
+            Ok(claimed)
+        })
     }
 
     /// Extends a lease this process holds. `false`: the lease was lost (expired and taken over).
@@ -596,29 +878,33 @@ impl Db {
         owner: &str,
         until: i64,
     ) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "UPDATE tasks SET lease_until = $3 \
-             WHERE id = $1 AND lease_owner = $2 AND state = 'processing'",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(until)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, |pool, pg| {
+            let done = sqlx::query(
+                "UPDATE tasks SET lease_until = $3 \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'processing'",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(until)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Puts every task this process holds back in the queue (shutdown after the grace period).
     pub async fn release_tasks_of(&self, owner: &str, now: i64) -> Result<(), DbError> {
-        sqlx::query(
-            "UPDATE tasks SET state = 'pending', lease_owner = NULL, lease_until = NULL, run_at = $2 \
-             WHERE lease_owner = $1 AND state = 'processing'",
-        )
-        .bind(owner)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self, |pool, pg| {
+            sqlx::query(
+                "UPDATE tasks SET state = 'pending', lease_owner = NULL, lease_until = NULL, run_at = $2 \
+                 WHERE lease_owner = $1 AND state = 'processing'",
+            )
+            .bind(owner)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Records a task's result and queues its callback, atomically and fenced on the lease.
@@ -629,68 +915,70 @@ impl Db {
         owner: &str,
         done: &Completion<'_>,
     ) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let state = if done.succeeded {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        // Charge only the images made: each cost reserved / requested images.
-        let updated = sqlx::query(
-            "UPDATE tasks SET state = $3, http_status = $4, response = $5, finished_at = $6, \
-                 lease_owner = NULL, lease_until = NULL, images = $7, failed_images = $8, \
-                 charged = CASE WHEN $7 + $8 > 0 THEN reserved * $7 / ($7 + $8) ELSE 0 END \
-             WHERE id = $1 AND lease_owner = $2 AND state = 'processing' \
-             RETURNING application_id, reserved, charged",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(state)
-        .bind(i64::from(done.http_status))
-        .bind(done.response)
-        .bind(done.now)
-        .bind(done.images)
-        .bind(done.failed_images)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(settled) = updated else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let application_id: String = settled.try_get("application_id")?;
-        let refund =
-            settled.try_get::<i64, _>("reserved")? - settled.try_get::<i64, _>("charged")?;
-        if refund > 0 {
-            sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
-                .bind(&application_id)
-                .bind(refund)
-                .execute(&mut *tx)
-                .await?;
-            ledger(
-                &mut tx,
-                &application_id,
-                Some(id),
-                refund,
-                "refund",
-                done.now,
+        on_pool!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            let state = if done.succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            // Charge only the images made: each cost reserved / requested images.
+            let updated = sqlx::query(
+                "UPDATE tasks SET state = $3, http_status = $4, response = $5, finished_at = $6, \
+                     lease_owner = NULL, lease_until = NULL, images = $7, failed_images = $8, \
+                     charged = CASE WHEN $7 + $8 > 0 THEN reserved * $7 / ($7 + $8) ELSE 0 END \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'processing' \
+                 RETURNING application_id, reserved, charged",
             )
-            .await?;
-        }
-        if let Some(url) = done.callback_url {
-            sqlx::query(
-                "INSERT INTO callbacks (id, task_id, url, body, state, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
-            )
-            .bind(done.callback_id)
             .bind(id)
-            .bind(url)
+            .bind(owner)
+            .bind(state)
+            .bind(i64::from(done.http_status))
             .bind(done.response)
             .bind(done.now)
-            .execute(&mut *tx)
+            .bind(done.images)
+            .bind(done.failed_images)
+            .fetch_optional(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+            let Some(settled) = updated else {
+                tx.rollback().await?;
+                return Ok(false);
+            };
+            let application_id: String = settled.try_get("application_id")?;
+            let refund =
+                settled.try_get::<i64, _>("reserved")? - settled.try_get::<i64, _>("charged")?;
+            if refund > 0 {
+                sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
+                    .bind(&application_id)
+                    .bind(refund)
+                    .execute(&mut *tx)
+                    .await?;
+                ledger!(tx, &application_id, Some(id), refund, "refund", done.now,)?;
+            }
+            if let Some(url) = done.callback_url {
+                sqlx::query(
+                    "INSERT INTO callbacks (id, task_id, url, body, state, next_attempt_at, created_at) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+                )
+                .bind(done.callback_id)
+                .bind(id)
+                .bind(url)
+                .bind(done.response)
+                .bind(done.now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if pg {
+                // Delivered at commit: a sync request waiting on another node answers now.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(DONE_CHANNEL)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     pub async fn get_task(
@@ -698,16 +986,18 @@ impl Db {
         id: &str,
         application_id: &str,
     ) -> Result<Option<TaskRow>, DbError> {
-        let row = sqlx::query(
-            "SELECT id, trace_id, application_id, user_id, api_id, credential_id, request, state, \
-                 http_status, response, created_at, started_at, finished_at \
-             FROM tasks WHERE id = $1 AND application_id = $2",
-        )
-        .bind(id)
-        .bind(application_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(task_row).transpose().map_err(Into::into)
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(
+                "SELECT id, trace_id, application_id, user_id, api_id, credential_id, request, state, \
+                     http_status, response, created_at, started_at, finished_at \
+                 FROM tasks WHERE id = $1 AND application_id = $2",
+            )
+            .bind(id)
+            .bind(application_id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(task_row).transpose().map_err(Into::into)
+        })
     }
 
     /// The tasks among `ids` that belong to `application_id`, in the order of `ids`.
@@ -730,34 +1020,38 @@ impl Db {
     /// A task's final response, whoever finished it (for a sync request whose task another
     /// worker or process completed). `None` while it is not finished.
     pub async fn task_result(&self, id: &str) -> Result<Option<(u16, String)>, DbError> {
-        let row = sqlx::query(
-            "SELECT http_status, response FROM tasks \
-             WHERE id = $1 AND state IN ('succeeded', 'failed')",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let status: Option<i64> = row.try_get("http_status")?;
-        let response: Option<String> = row.try_get("response")?;
-        Ok(response.map(|r| (status.unwrap_or(200) as u16, r)))
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(
+                "SELECT http_status, response FROM tasks \
+                 WHERE id = $1 AND state IN ('succeeded', 'failed')",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let status: Option<i64> = row.try_get("http_status")?;
+            let response: Option<String> = row.try_get("response")?;
+            Ok(response.map(|r| (status.unwrap_or(200) as u16, r)))
+        })
     }
 
     /// Tasks per state, and callbacks still waiting for delivery (for `/metrics`).
     pub async fn queue_stats(&self) -> Result<QueueStats, DbError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut stats = QueueStats::default();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            stats.tasks_by_state.push((state, row.try_get("n")?));
-        }
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM callbacks WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
-        stats.callback_backlog = row.try_get("n")?;
-        Ok(stats)
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+                .fetch_all(pool)
+                .await?;
+            let mut stats = QueueStats::default();
+            for row in rows {
+                let state: String = row.try_get("state")?;
+                stats.tasks_by_state.push((state, row.try_get("n")?));
+            }
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM callbacks WHERE state = 'pending'")
+                .fetch_one(pool)
+                .await?;
+            stats.callback_backlog = row.try_get("n")?;
+            Ok(stats)
+        })
     }
 
     // ---- callbacks --------------------------------------------------------------------------
@@ -769,33 +1063,45 @@ impl Db {
         limit: usize,
         now: i64,
     ) -> Result<Vec<CallbackRow>, DbError> {
-        let rows = sqlx::query(
-            "UPDATE callbacks SET lease_owner = $1, lease_until = $2 \
-             WHERE id IN (SELECT id FROM callbacks \
-                 WHERE state = 'pending' AND next_attempt_at <= $3 \
-                   AND (lease_until IS NULL OR lease_until < $3) \
-                 ORDER BY next_attempt_at LIMIT $4) \
-             RETURNING id, task_id, url, body, attempts, created_at",
-        )
-        .bind(owner)
-        .bind(now + lease.as_millis() as i64)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(CallbackRow {
-                    id: row.try_get("id")?,
-                    task_id: row.try_get("task_id")?,
-                    url: row.try_get("url")?,
-                    body: row.try_get("body")?,
-                    attempts: row.try_get("attempts")?,
-                    created_at: row.try_get("created_at")?,
-                })
+        on_pool!(self, |pool, pg| {
+            macro_rules! claim {
+                ($lock:literal) => {
+                    concat!(
+                        "UPDATE callbacks SET lease_owner = $1, lease_until = $2 \
+                         WHERE id IN (SELECT id FROM callbacks \
+                             WHERE state = 'pending' AND next_attempt_at <= $3 \
+                               AND (lease_until IS NULL OR lease_until < $3) \
+                             ORDER BY next_attempt_at LIMIT $4",
+                        $lock,
+                        ") RETURNING id, task_id, url, body, attempts, created_at"
+                    )
+                };
+            }
+            let rows = sqlx::query(if pg {
+                claim!(" FOR UPDATE SKIP LOCKED")
+            } else {
+                claim!("")
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(Into::into)
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(CallbackRow {
+                        id: row.try_get("id")?,
+                        task_id: row.try_get("task_id")?,
+                        url: row.try_get("url")?,
+                        body: row.try_get("body")?,
+                        attempts: row.try_get("attempts")?,
+                        created_at: row.try_get("created_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(Into::into)
+        })
     }
 
     /// Records one delivery attempt and the callback's next state: delivered, retried at
@@ -805,49 +1111,53 @@ impl Db {
         attempt: &CallbackAttempt<'_>,
         outcome: CallbackOutcome,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO callback_attempts (callback_id, attempt, at, status, latency_ms, error) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(attempt.callback_id)
-        .bind(attempt.attempt)
-        .bind(attempt.at)
-        .bind(attempt.status.map(i64::from))
-        .bind(attempt.latency_ms)
-        .bind(attempt.error)
-        .execute(&mut *tx)
-        .await?;
-        let (state, next, delivered_at) = match outcome {
-            CallbackOutcome::Delivered => ("delivered", attempt.at, Some(attempt.at)),
-            CallbackOutcome::RetryAt(at) => ("pending", at, None),
-            CallbackOutcome::GaveUp => ("failed", attempt.at, None),
-        };
-        sqlx::query(
-            "UPDATE callbacks SET state = $2, attempts = $3, next_attempt_at = $4, \
-                 delivered_at = $5, last_error = $6, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $1",
-        )
-        .bind(attempt.callback_id)
-        .bind(state)
-        .bind(attempt.attempt)
-        .bind(next)
-        .bind(delivered_at)
-        .bind(attempt.error)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        on_pool!(self, |pool, pg| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO callback_attempts (callback_id, attempt, at, status, latency_ms, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(attempt.callback_id)
+            .bind(attempt.attempt)
+            .bind(attempt.at)
+            .bind(attempt.status.map(i64::from))
+            .bind(attempt.latency_ms)
+            .bind(attempt.error)
+            .execute(&mut *tx)
+            .await?;
+            let (state, next, delivered_at) = match outcome {
+                CallbackOutcome::Delivered => ("delivered", attempt.at, Some(attempt.at)),
+                CallbackOutcome::RetryAt(at) => ("pending", at, None),
+                CallbackOutcome::GaveUp => ("failed", attempt.at, None),
+            };
+            sqlx::query(
+                "UPDATE callbacks SET state = $2, attempts = $3, next_attempt_at = $4, \
+                     delivered_at = $5, last_error = $6, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1",
+            )
+            .bind(attempt.callback_id)
+            .bind(state)
+            .bind(attempt.attempt)
+            .bind(next)
+            .bind(delivered_at)
+            .bind(attempt.error)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// `(attempts, state)` of a task's callback, for tests and operators.
     pub async fn callback_status(&self, task_id: &str) -> Result<Option<(i64, String)>, DbError> {
-        let row = sqlx::query("SELECT attempts, state FROM callbacks WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("attempts")?, r.try_get("state")?)))
-            .transpose()
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query("SELECT attempts, state FROM callbacks WHERE task_id = $1")
+                .bind(task_id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| Ok((r.try_get("attempts")?, r.try_get("state")?)))
+                .transpose()
+        })
     }
 }
 
@@ -890,7 +1200,13 @@ pub struct UsageRow {
     pub failed_images: i64,
 }
 
-fn application_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApplicationRow, sqlx::Error> {
+fn application_row<R>(row: &R) -> Result<ApplicationRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(ApplicationRow {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -918,29 +1234,13 @@ pub enum CallbackOutcome {
     GaveUp,
 }
 
-async fn ledger(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    application_id: &str,
-    task_id: Option<&str>,
-    amount: i64,
-    reason: &str,
-    now: i64,
-) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(application_id)
-    .bind(task_id)
-    .bind(amount)
-    .bind(reason)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn task_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, sqlx::Error> {
+fn task_row<R>(row: &R) -> Result<TaskRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(TaskRow {
         id: row.try_get("id")?,
         trace_id: row.try_get("trace_id")?,

@@ -22,7 +22,7 @@ use crate::{
     providers::Routes,
     storage::{
         Db, ImageStore,
-        db::{Admission, NewTask, TaskRow},
+        db::{Admission, Event, NewTask, TaskRow},
     },
 };
 
@@ -162,12 +162,36 @@ impl Tasks {
         shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        let workers = tokio::spawn(worker::run(self.clone(), shutdown.clone(), grace));
-        let deliverer = tokio::spawn(callbacks::run(self.clone(), shutdown));
+        // No workers: an API-only node that accepts and answers requests while other nodes
+        // run the tasks.
+        let workers = if self.settings.workers > 0 {
+            tokio::spawn(worker::run(self.clone(), shutdown.clone(), grace))
+        } else {
+            tokio::spawn(async {})
+        };
+        let deliverer = tokio::spawn(callbacks::run(self.clone(), shutdown.clone()));
+        let listener = tokio::spawn(listen(self.clone(), shutdown));
         tokio::spawn(async move {
             let _ = workers.await;
             let _ = deliverer.await;
+            let _ = listener.await;
         })
+    }
+
+    /// Another node finished `task_id`: answer this process's sync requests waiting for it.
+    async fn finished_elsewhere(&self, task_id: &str) {
+        if !self.lock_waiters().contains_key(task_id) {
+            return;
+        }
+        match self.db.task_result(task_id).await {
+            Ok(Some((status, body))) => {
+                let body = serde_json::from_str(&body).unwrap_or(Value::Null);
+                self.notify_waiters(task_id, &TaskResult { status, body });
+            }
+            Ok(None) => {}
+            // The waiter's own poll still finds the result.
+            Err(e) => tracing::warn!(error = %e, task_id, "could not read a finished task"),
+        }
     }
 
     /// Checks what can be checked before a task exists (input image sources), then writes the
@@ -366,6 +390,38 @@ impl Tasks {
         let senders = self.lock_waiters().remove(task_id).unwrap_or_default();
         for sender in senders {
             let _ = sender.send(result.clone());
+        }
+    }
+}
+
+/// Hears other nodes through the database (PostgreSQL `LISTEN`): queued tasks wake this
+/// process's idle workers, finished tasks answer its waiting sync requests. A no-op on SQLite.
+/// Lost notifications (while reconnecting) only cost latency: workers and waiters also poll.
+async fn listen(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) {
+    let mut listener = loop {
+        match tasks.db.listen().await {
+            Ok(Some(listener)) => break listener,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not listen for other nodes' tasks; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            event = listener.recv() => match event {
+                Ok(Event::TaskQueued) => tasks.task_queued.notify_one(),
+                Ok(Event::TaskDone(task_id)) => tasks.finished_elsewhere(&task_id).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the notification connection; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -372,8 +372,7 @@ async fn the_admin_cli_works_on_the_database_and_against_the_server() {
     let app = admin_app().await;
     let binary = env!("CARGO_BIN_EXE_nano-banana");
     let direct = tokio::process::Command::new(binary)
-        .args(["admin", "--data-dir"])
-        .arg(app.data_dir.path())
+        .args(["admin", "--database-url", app.database_url()])
         .args(["apps", "create", "--name", "from-cli", "--credits", "5"])
         .env_remove("NANO_BANANA_ADMIN_SERVER")
         .output()

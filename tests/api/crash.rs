@@ -11,7 +11,7 @@ use std::{
 use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Latency};
 use serde_json::{Value, json};
 
-use crate::helpers::{CallbackReceiver, TOKEN};
+use crate::helpers::{CallbackReceiver, TOKEN, scaled, scaled_stack_env};
 
 struct Server {
     child: Child,
@@ -34,7 +34,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_server(data_dir: &std::path::Path, upstream: &str, port: u16) -> Server {
+async fn start_server(
+    data_dir: &std::path::Path,
+    stack: &[(String, String)],
+    upstream: &str,
+    port: u16,
+) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_nano-banana"))
         .arg("serve")
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -47,6 +52,7 @@ async fn start_server(data_dir: &std::path::Path, upstream: &str, port: u16) -> 
         .env("NANO_BANANA_TASK_LEASE", "2")
         .env("NANO_BANANA_WORKERS", "16")
         .env("RUST_LOG", "warn")
+        .envs(stack.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -92,8 +98,13 @@ async fn tasks_and_callbacks_survive_sigkill() {
     .unwrap();
     let receiver = CallbackReceiver::start(0, false).await;
     let data_dir = tempfile::tempdir().unwrap();
+    let stack = if scaled() {
+        scaled_stack_env().await
+    } else {
+        Vec::new()
+    };
     let port = free_port();
-    let mut server = start_server(data_dir.path(), &fake.base_url(), port).await;
+    let mut server = start_server(data_dir.path(), &stack, &fake.base_url(), port).await;
     let client = reqwest::Client::new();
 
     // 240 tasks: every other one with a callback, the rest async.
@@ -125,7 +136,7 @@ async fn tasks_and_callbacks_survive_sigkill() {
         "killed too late to prove anything"
     );
 
-    let server = start_server(data_dir.path(), &fake.base_url(), port).await;
+    let server = start_server(data_dir.path(), &stack, &fake.base_url(), port).await;
 
     // Every task ends.
     let deadline = Instant::now() + Duration::from_secs(120);

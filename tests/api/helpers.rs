@@ -30,8 +30,62 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut config = test_config(data_dir.path());
+    if scaled() {
+        use_scaled_stack(&mut config).await;
+    }
     adjust(&mut config);
     start(config, data_dir).await
+}
+
+/// Which services the suite runs on. `NANO_BANANA_TEST_STACK=scaled` runs every test on
+/// PostgreSQL + S3 + Redis, each test on a fresh schema, prefix and key space; the default is
+/// SQLite + a local folder. One suite, run twice (see scripts/test.sh).
+pub fn scaled() -> bool {
+    std::env::var("NANO_BANANA_TEST_STACK").is_ok_and(|stack| stack == "scaled")
+}
+
+/// Points the config at the shared services of a scaled-out deployment.
+pub async fn use_scaled_stack(config: &mut Config) {
+    config.database_url = fresh_postgres_schema().await;
+}
+
+/// Makes `config` another node of `other`'s deployment: the same database and image store.
+pub fn share_state(config: &mut Config, other: &TestApp) {
+    config.database_url = other.config.database_url.clone();
+    config.data_dir = other.config.data_dir.clone();
+}
+
+/// The environment that points a `nano-banana serve` child process at the same services as
+/// `use_scaled_stack` (one fresh schema, prefix and key space, shared by every process given it).
+pub async fn scaled_stack_env() -> Vec<(String, String)> {
+    vec![(
+        "NANO_BANANA_DATABASE_URL".to_owned(),
+        fresh_postgres_schema().await,
+    )]
+}
+
+/// A new, empty schema in the test database (`NANO_BANANA_TEST_DATABASE_URL`, default
+/// `postgres://root@127.0.0.1:5432/test`), as a URL whose connections use it.
+pub async fn fresh_postgres_schema() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("NANO_BANANA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {base} is required by this test: {e}. \
+             Start it, or set NANO_BANANA_TEST_DATABASE_URL (README: Scaling out)."
+            )
+        });
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("a fresh schema");
+    let _ = connection.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
@@ -82,6 +136,11 @@ pub struct Answer {
 }
 
 impl TestApp {
+    /// The database this server uses, for tools pointed at the same state (the admin CLI).
+    pub fn database_url(&self) -> &str {
+        &self.config.database_url
+    }
+
     pub async fn post_images(&self, body: Value) -> Answer {
         self.post("/nano-banana/images", Some(&self.token), body.to_string())
             .await

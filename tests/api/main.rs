@@ -11,5 +11,6 @@ mod hostile;
 mod idempotency;
 mod images;
 mod lifecycle;
+mod nodes;
 mod openapi;
 mod tasks;

@@ -30,6 +30,7 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         "POST /nanobanana/tasks",
         "GET /images/{key}",
         "GET /healthz",
+        "GET /readyz",
         "GET /openapi.json",
         "GET /metrics",
         "POST /admin/apps",
