@@ -3,7 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use nano_banana::{app::Application, config::Config, fetch::AllowRule, tasks::TaskSettings};
+use nano_banana::{
+    app::Application,
+    config::Config,
+    fetch::AllowRule,
+    limits::{FailureMode, RedisSettings},
+    tasks::TaskSettings,
+};
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -32,6 +38,40 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(data_dir.path());
     adjust(&mut config);
     start(config, data_dir).await
+}
+
+/// The test Redis: `NANO_BANANA_TEST_REDIS_URL`, default `redis://127.0.0.1:6379` (as in CI).
+pub fn test_redis_url() -> String {
+    std::env::var("NANO_BANANA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Settings for the test Redis under a fresh key prefix (parallel tests must not share limits).
+/// Fails closed, so a Redis that stops answering shows up as `api_error`s instead of quietly
+/// unlimited requests; panics at once if nothing listens there: Redis tests never skip.
+pub fn test_redis() -> RedisSettings {
+    let url = test_redis_url();
+    let address = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.socket_addrs(|| Some(6379)).ok())
+        .and_then(|addrs| addrs.into_iter().next())
+        .unwrap_or_else(|| panic!("NANO_BANANA_TEST_REDIS_URL {url:?} is not a redis:// URL"));
+    if let Err(e) = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+        panic!(
+            "Redis at {url} does not answer ({e}). The Redis tests need a real Redis: start \
+             one or set NANO_BANANA_TEST_REDIS_URL; they do not skip."
+        );
+    }
+    let mut settings = RedisSettings::new(url);
+    settings.prefix = format!("nb-test:{}:", uuid::Uuid::new_v4());
+    settings.failure_mode = FailureMode::Closed;
+    // A loaded CI machine must not turn into spurious failures.
+    settings.timeout = Duration::from_secs(2);
+    settings
+}
+
+/// Rate limits through the test Redis (see `test_redis`).
+pub fn use_redis(config: &mut Config) {
+    config.redis = Some(test_redis());
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
