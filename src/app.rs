@@ -13,6 +13,7 @@ use crate::{
     domain::{Model, RequestLimits},
     fetch::Fetcher,
     http::{self, AppState, auth::token_hash},
+    limits::{RateLimiter, RedisLimiter},
     providers::{
         ImageProvider, Route, Routes,
         gemini::{GeminiConfig, GeminiProvider},
@@ -92,7 +93,7 @@ impl Application {
                 max_prompt_chars: config.max_prompt_chars,
                 ..RequestLimits::default()
             },
-            rate_limiter: Arc::default(),
+            rate_limiter: Arc::new(build_rate_limiter(&config).await?),
             admin_key: config.admin_key.as_deref().map(Arc::from),
         };
         Ok(Application {
@@ -162,6 +163,32 @@ impl Application {
         self.tasks.db().close().await;
         Ok(())
     }
+}
+
+/// Process memory, or Redis when configured. A Redis that is down at startup is not fatal: it is
+/// reported, and requests meet the failure mode until it answers.
+async fn build_rate_limiter(config: &Config) -> anyhow::Result<RateLimiter> {
+    let Some(settings) = &config.redis else {
+        return Ok(RateLimiter::default());
+    };
+    let limiter = RedisLimiter::new(settings.clone())
+        .with_context(|| format!("connecting to Redis at {}", settings.redacted_url()))?;
+    let limiter = RateLimiter::Redis(limiter);
+    match limiter.check().await {
+        Ok(()) => tracing::info!(
+            redis = %settings.redacted_url(),
+            prefix = %settings.prefix,
+            failure_mode = %settings.failure_mode,
+            "rate limits are shared through Redis"
+        ),
+        // The limiter has already logged the failure and its consequence.
+        Err(e) => tracing::warn!(
+            redis = %settings.redacted_url(),
+            error = %e,
+            "Redis does not answer at startup; serving anyway"
+        ),
+    }
+    Ok(limiter)
 }
 
 fn build_routes(config: &Config) -> anyhow::Result<Routes> {

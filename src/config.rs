@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::{
     domain::Prices,
     fetch::{AllowRule, FetchPolicy},
+    limits::{FailureMode, RedisSettings},
 };
 
 /// Flags of `nano-banana serve`. Every field is optional so that "not given" can fall back to
@@ -172,6 +173,27 @@ pub struct ServeArgs {
     )]
     pub admin_key: Option<String>,
 
+    /// Share rate limits among all nodes through this Redis: redis://[USER:PASSWORD@]HOST[:PORT][/DB] [default: each process limits on its own]
+    #[arg(
+        long,
+        env = "NANO_BANANA_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub redis_url: Option<String>,
+
+    /// Put before every Redis key, so deployments can share one Redis [default: nano-banana:]
+    #[arg(long, env = "NANO_BANANA_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+
+    /// When Redis does not answer: admit requests unchecked (open) or refuse them with api_error (closed) [default: open]
+    #[arg(long, env = "NANO_BANANA_REDIS_FAILURE_MODE", value_name = "MODE")]
+    pub redis_failure_mode: Option<FailureMode>,
+
+    /// The longest a request waits for Redis, in milliseconds; then the failure mode applies [default: 250]
+    #[arg(long, env = "NANO_BANANA_REDIS_TIMEOUT_MS", value_name = "MS")]
+    pub redis_timeout_ms: Option<u64>,
+
     /// Credits per image (TOML only): `[prices."nano-banana-pro"] 1K = 4, 2K = 4, 4K = 8`
     #[arg(skip)]
     pub prices: BTreeMap<String, BTreeMap<String, i64>>,
@@ -218,6 +240,8 @@ pub struct Config {
     pub prices: Prices,
     pub bootstrap_credits: i64,
     pub admin_key: Option<String>,
+    /// `None`: rate limits are kept in process memory.
+    pub redis: Option<RedisSettings>,
     /// How long a claimed task's lease lasts without renewal; a dead process's tasks are re-run
     /// after this. Renewed every third of it.
     pub lease: Duration,
@@ -258,6 +282,7 @@ impl std::fmt::Debug for Config {
             .field("models", &self.models)
             .field("bootstrap_token", &redacted(self.bootstrap_token.is_some()))
             .field("admin_key", &redacted(self.admin_key.is_some()))
+            .field("redis", &self.redis)
             .field(
                 "callback_signing_key",
                 &redacted(self.callback_signing_key.is_some()),
@@ -294,6 +319,7 @@ impl Config {
             prices: Prices::default(),
             bootstrap_credits: 1_000_000,
             admin_key: None,
+            redis: None,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
         }
@@ -431,6 +457,29 @@ impl Config {
             config.bootstrap_credits = credits.max(0);
         }
         config.admin_key = take!(admin_key).filter(|k| !k.is_empty());
+        if let Some(url) = take!(redis_url).filter(|u| !u.is_empty()) {
+            let mut redis = RedisSettings::new(url);
+            let scheme = redis.url.split_once("://").map(|(scheme, _)| scheme);
+            if scheme != Some("redis") {
+                bail!(
+                    "--redis-url {} must start with redis:// (TLS, rediss://, is not supported)",
+                    redis.redacted_url()
+                );
+            }
+            if let Some(prefix) = take!(redis_prefix) {
+                redis.prefix = prefix;
+            }
+            if let Some(mode) = take!(redis_failure_mode) {
+                redis.failure_mode = mode;
+            }
+            if let Some(ms) = take!(redis_timeout_ms) {
+                if ms == 0 {
+                    bail!("--redis-timeout-ms must be at least 1");
+                }
+                redis.timeout = Duration::from_millis(ms);
+            }
+            config.redis = Some(redis);
+        }
         for (model, by_resolution) in file.prices.iter().chain(flags.prices.iter()) {
             for (resolution, credits) in by_resolution {
                 config
@@ -564,6 +613,7 @@ mod tests {
         let config =
             Config::merge(flags, ServeArgs::default(), Some("gemini-secret".into())).unwrap();
         let shown = format!("{config:?}");
+        assert!(shown.contains("redis: None"), "{shown}");
         for secret in ["nb-secret-token", "admin-secret", "gemini-secret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
@@ -614,5 +664,80 @@ mod tests {
             })
             .contains("unknown model")
         );
+    }
+
+    #[test]
+    fn redis_settings_come_from_the_file_and_flags_and_hide_the_password() {
+        let file: ServeArgs = toml::from_str(
+            r#"
+            redis_url = "redis://:file-secret@10.0.0.5:6379/1"
+            redis_prefix = "staging:"
+            redis_failure_mode = "closed"
+            "#,
+        )
+        .unwrap();
+        let config = Config::merge(ServeArgs::default(), file.clone(), None).unwrap();
+        let redis = config.redis.clone().unwrap();
+        assert_eq!(redis.url, "redis://:file-secret@10.0.0.5:6379/1");
+        assert_eq!(redis.prefix, "staging:");
+        assert_eq!(redis.failure_mode, FailureMode::Closed);
+        assert_eq!(redis.timeout, Duration::from_millis(250));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("file-secret"), "{shown}");
+        assert!(shown.contains("10.0.0.5"), "{shown}");
+
+        let flags = ServeArgs {
+            redis_failure_mode: Some(FailureMode::Open),
+            redis_timeout_ms: Some(40),
+            ..ServeArgs::default()
+        };
+        let redis = Config::merge(flags, file, None).unwrap().redis.unwrap();
+        assert_eq!(redis.failure_mode, FailureMode::Open);
+        assert_eq!(redis.timeout, Duration::from_millis(40));
+
+        // Without a URL the other settings change nothing: limits stay in process.
+        let no_url = ServeArgs {
+            redis_prefix: Some("x:".into()),
+            ..ServeArgs::default()
+        };
+        assert!(
+            Config::merge(no_url, ServeArgs::default(), None)
+                .unwrap()
+                .redis
+                .is_none()
+        );
+        let defaults = Config::merge(
+            ServeArgs {
+                redis_url: Some("redis://127.0.0.1".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs::default(),
+            None,
+        )
+        .unwrap()
+        .redis
+        .unwrap();
+        assert_eq!(defaults.prefix, "nano-banana:");
+        assert_eq!(defaults.failure_mode, FailureMode::Open);
+    }
+
+    #[test]
+    fn a_non_redis_url_is_refused_without_showing_its_password() {
+        for url in ["rediss://:tls-secret@h:6380", "http://:tls-secret@h"] {
+            let error = Config::merge(
+                ServeArgs {
+                    redis_url: Some(url.into()),
+                    ..ServeArgs::default()
+                },
+                ServeArgs::default(),
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("--redis-url"), "{error}");
+            assert!(!error.contains("tls-secret"), "{error}");
+        }
+        let bad_mode: Result<ServeArgs, _> = toml::from_str(r#"redis_failure_mode = "maybe""#);
+        assert!(bad_mode.is_err());
     }
 }

@@ -14,6 +14,7 @@ use super::{AppState, HttpError, TraceId, auth::Authenticated};
 use crate::{
     api::{self, ApiError, ErrorCode},
     domain::ImagesRequest,
+    limits::Verdict,
 };
 
 pub async fn create(
@@ -24,11 +25,30 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     // Limits come before any work or reservation.
-    let decision = caller.rate_limit.map(|(per_minute, burst)| {
-        state
-            .rate_limiter
-            .check(&caller.application_id, per_minute, burst)
-    });
+    let decision = match caller.rate_limit {
+        None => None,
+        Some((per_minute, burst)) => {
+            match state
+                .rate_limiter
+                .admit(&caller.application_id, per_minute, burst)
+                .await
+            {
+                Verdict::Checked(decision) => Some(decision),
+                // Failing open: no numbers to report, so no rate-limit headers.
+                Verdict::Unchecked => None,
+                Verdict::Unavailable => {
+                    // The limiter has logged the cause; failing closed.
+                    return Err(HttpError::new(
+                        &trace_id,
+                        ApiError::new(
+                            ErrorCode::ApiError,
+                            "The rate limiter is unavailable; try again shortly.",
+                        ),
+                    ));
+                }
+            }
+        }
+    };
     if let Some(decision) = decision.filter(|d| !d.allowed) {
         let error = HttpError::code(
             &trace_id,

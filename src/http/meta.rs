@@ -32,7 +32,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Err(_) => Err(format!("no answer within {} s", TIMEOUT.as_secs())),
         }
     }
-    let checks = [("database", check(state.tasks.db().ping()).await)];
+    let mut checks = vec![("database", check(state.tasks.db().ping()).await)];
+    if state.rate_limiter.is_shared() {
+        checks.push(("redis", check(state.rate_limiter.check()).await));
+    }
     let ready = checks.iter().all(|(_, result)| result.is_ok());
     let report: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()

@@ -31,6 +31,7 @@ pub use error::HttpError;
 pub struct AppState {
     pub tasks: Arc<Tasks>,
     pub limits: RequestLimits,
+    /// Per-application rate limits; `check()` tells readiness whether its store answers.
     pub rate_limiter: Arc<crate::limits::RateLimiter>,
     /// `None`: the admin API is off.
     pub admin_key: Option<Arc<str>>,

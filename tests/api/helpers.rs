@@ -3,7 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use nano_banana::{app::Application, config::Config, fetch::AllowRule, tasks::TaskSettings};
+use nano_banana::{
+    app::Application,
+    config::Config,
+    fetch::AllowRule,
+    limits::{FailureMode, RedisSettings},
+    tasks::TaskSettings,
+};
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -47,21 +53,32 @@ pub fn scaled() -> bool {
 /// Points the config at the shared services of a scaled-out deployment.
 pub async fn use_scaled_stack(config: &mut Config) {
     config.database_url = fresh_postgres_schema().await;
+    use_redis(config);
 }
 
 /// Makes `config` another node of `other`'s deployment: the same database and image store.
 pub fn share_state(config: &mut Config, other: &TestApp) {
     config.database_url = other.config.database_url.clone();
     config.data_dir = other.config.data_dir.clone();
+    config.redis = other.config.redis.clone();
 }
 
 /// The environment that points a `nano-banana serve` child process at the same services as
 /// `use_scaled_stack` (one fresh schema, prefix and key space, shared by every process given it).
 pub async fn scaled_stack_env() -> Vec<(String, String)> {
-    vec![(
-        "NANO_BANANA_DATABASE_URL".to_owned(),
-        fresh_postgres_schema().await,
-    )]
+    let redis = test_redis();
+    vec![
+        (
+            "NANO_BANANA_DATABASE_URL".to_owned(),
+            fresh_postgres_schema().await,
+        ),
+        ("NANO_BANANA_REDIS_URL".to_owned(), redis.url.clone()),
+        ("NANO_BANANA_REDIS_PREFIX".to_owned(), redis.prefix.clone()),
+        (
+            "NANO_BANANA_REDIS_FAILURE_MODE".to_owned(),
+            "closed".to_owned(),
+        ),
+    ]
 }
 
 /// A new, empty schema in the test database (`NANO_BANANA_TEST_DATABASE_URL`, default
@@ -86,6 +103,40 @@ pub async fn fresh_postgres_schema() -> String {
     let _ = connection.close().await;
     let separator = if base.contains('?') { '&' } else { '?' };
     format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// The test Redis: `NANO_BANANA_TEST_REDIS_URL`, default `redis://127.0.0.1:6379` (as in CI).
+pub fn test_redis_url() -> String {
+    std::env::var("NANO_BANANA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Settings for the test Redis under a fresh key prefix (parallel tests must not share limits).
+/// Fails closed, so a Redis that stops answering shows up as `api_error`s instead of quietly
+/// unlimited requests; panics at once if nothing listens there: Redis tests never skip.
+pub fn test_redis() -> RedisSettings {
+    let url = test_redis_url();
+    let address = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.socket_addrs(|| Some(6379)).ok())
+        .and_then(|addrs| addrs.into_iter().next())
+        .unwrap_or_else(|| panic!("NANO_BANANA_TEST_REDIS_URL {url:?} is not a redis:// URL"));
+    if let Err(e) = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+        panic!(
+            "Redis at {url} does not answer ({e}). The Redis tests need a real Redis: start \
+             one or set NANO_BANANA_TEST_REDIS_URL; they do not skip."
+        );
+    }
+    let mut settings = RedisSettings::new(url);
+    settings.prefix = format!("nb-test:{}:", uuid::Uuid::new_v4());
+    settings.failure_mode = FailureMode::Closed;
+    // A loaded CI machine must not turn into spurious failures.
+    settings.timeout = Duration::from_secs(2);
+    settings
+}
+
+/// Rate limits through the test Redis (see `test_redis`).
+pub fn use_redis(config: &mut Config) {
+    config.redis = Some(test_redis());
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {

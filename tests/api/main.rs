@@ -13,4 +13,5 @@ mod images;
 mod lifecycle;
 mod nodes;
 mod openapi;
+mod ratelimit_redis;
 mod tasks;

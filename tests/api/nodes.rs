@@ -62,3 +62,34 @@ async fn an_api_only_node_queues_work_for_the_others() {
     let record = worker.wait_for_task(&id).await;
     assert_eq!(record["state"], "succeeded", "{record}");
 }
+
+#[tokio::test]
+async fn readiness_names_the_dependency_that_fails() {
+    let app = spawn_app().await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
+
+    // A Redis that is down: the node still starts (rate limits fail open here), but it is not
+    // ready, and says why; liveness is unaffected.
+    let broken = spawn_app_with(|c| {
+        let mut redis = nano_banana::limits::RedisSettings::new("redis://127.0.0.1:1");
+        redis.timeout = std::time::Duration::from_millis(200);
+        c.redis = Some(redis);
+    })
+    .await;
+    let ready = broken.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["checks"]["redis"]["status"], "error", "{body}");
+    assert!(
+        body["checks"]["redis"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
+    assert_eq!(broken.get("/healthz").await.status(), 200);
+}
