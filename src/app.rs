@@ -49,7 +49,9 @@ impl Application {
         let db = Db::connect(&config.database_url)
             .await
             .with_context(|| format!("opening the database {}", config.database_url))?;
-        let store = ImageStore::local(&config.data_dir.join("images"))
+        // Not contacted here: a store that is down at start is reported by readiness, and a
+        // request that needs it then fails with a clear error rather than the whole server.
+        let store = ImageStore::open(&config.storage, config.image_urls.clone())
             .context("opening the image store")?;
         let routes = build_routes(&config)?;
         // Install the metrics recorder before anything records.
