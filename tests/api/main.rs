@@ -12,4 +12,5 @@ mod idempotency;
 mod images;
 mod lifecycle;
 mod openapi;
+mod storage;
 mod tasks;
