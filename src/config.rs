@@ -83,11 +83,11 @@ pub struct ServeArgs {
     )]
     pub s3_secret_access_key: Option<String>,
 
-    /// image_url = BASE/KEY, for a public bucket or a CDN in front of the store [default: PUBLIC_BASE_URL/images/KEY]
+    /// image_url = URL/KEY, for a public bucket or a CDN in front of the store [default: PUBLIC_BASE_URL/images/KEY]
     #[arg(long, env = "NANO_BANANA_IMAGE_BASE_URL", value_name = "URL")]
     pub image_base_url: Option<String>,
 
-    /// image_url = a presigned S3 GET URL valid this long, for private buckets (at most 604800)
+    /// image_url = a presigned S3 GET URL valid this long, for private buckets (at most 604800; not with --image-base-url)
     #[arg(long, env = "NANO_BANANA_S3_SIGNED_URLS", value_name = "SECONDS")]
     pub s3_signed_urls: Option<u64>,
 

@@ -32,6 +32,10 @@ pub enum StoreError {
     Backend(#[from] object_store::Error),
     #[error("image store setup failed: {0}")]
     Setup(String),
+    /// The readiness check failed; the text has the whole cause chain (the top-level error of
+    /// a refused connection only says "error sending request").
+    #[error("image store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where images live: the value of `--storage`, parsed. A folder path (or `file:///abs/path`),
@@ -316,7 +320,18 @@ impl ImageStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(StoreError::Backend(e)),
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    let cause_text = cause.to_string();
+                    if !text.contains(&cause_text) {
+                        text = format!("{text}: {cause_text}");
+                    }
+                    source = cause.source();
+                }
+                Err(StoreError::Unavailable(text))
+            }
         }
     }
 }
