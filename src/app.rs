@@ -53,7 +53,9 @@ impl Application {
                 crate::config::redact_url(&config.database_url)
             )
         })?;
-        let store = ImageStore::local(&config.data_dir.join("images"))
+        // Not contacted here: a store that is down at start is reported by readiness, and a
+        // request that needs it then fails with a clear error rather than the whole server.
+        let store = ImageStore::open(&config.storage, config.image_urls.clone())
             .context("opening the image store")?;
         let routes = build_routes(&config)?;
         // Install the metrics recorder before anything records.

@@ -17,6 +17,7 @@ use crate::{
     domain::Prices,
     fetch::{AllowRule, FetchPolicy},
     limits::{FailureMode, RedisSettings},
+    storage::images::{ImageUrls, MAX_SIGNED_URL_VALIDITY, S3Settings, StorageConfig, StorageUrl},
 };
 
 /// Flags of `nano-banana serve`. Every field is optional so that "not given" can fall back to
@@ -45,6 +46,52 @@ pub struct ServeArgs {
     /// Base of the image URLs handed to clients, e.g. https://img.example.com [default: http://LISTEN]
     #[arg(long, env = "NANO_BANANA_PUBLIC_BASE_URL", value_name = "URL")]
     pub public_base_url: Option<String>,
+
+    /// Where images are stored: a folder, or s3://BUCKET[/PREFIX] for any S3-compatible service [default: DATA_DIR/images]
+    #[arg(
+        long,
+        env = "NANO_BANANA_STORAGE",
+        value_name = "DIR|s3://BUCKET[/PREFIX]"
+    )]
+    pub storage: Option<String>,
+
+    /// S3 endpoint, for services other than AWS (R2, MinIO, SeaweedFS, …); http:// is allowed [default: AWS]
+    #[arg(long, env = "NANO_BANANA_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region [default: us-east-1]
+    #[arg(long, env = "NANO_BANANA_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style S3 requests (ENDPOINT/BUCKET/KEY), as MinIO and SeaweedFS need [default: BUCKET.ENDPOINT/KEY]
+    #[arg(long, env = "NANO_BANANA_S3_PATH_STYLE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+
+    /// S3 access key id; AWS_ACCESS_KEY_ID is read too [default: instance metadata credentials]
+    #[arg(
+        long,
+        env = "NANO_BANANA_S3_ACCESS_KEY_ID",
+        hide_env_values = true,
+        value_name = "ID"
+    )]
+    pub s3_access_key_id: Option<String>,
+
+    /// S3 secret access key; AWS_SECRET_ACCESS_KEY is read too
+    #[arg(
+        long,
+        env = "NANO_BANANA_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub s3_secret_access_key: Option<String>,
+
+    /// image_url = URL/KEY, for a public bucket or a CDN in front of the store [default: PUBLIC_BASE_URL/images/KEY]
+    #[arg(long, env = "NANO_BANANA_IMAGE_BASE_URL", value_name = "URL")]
+    pub image_base_url: Option<String>,
+
+    /// image_url = a presigned S3 GET URL valid this long, for private buckets (at most 604800; not with --image-base-url)
+    #[arg(long, env = "NANO_BANANA_S3_SIGNED_URLS", value_name = "SECONDS")]
+    pub s3_signed_urls: Option<u64>,
 
     /// Tasks run at once by this process; more wait in the queue. 0: an API-only node that
     /// runs no tasks itself (other nodes on the same database do) [default: 64]
@@ -221,6 +268,10 @@ pub struct Config {
     pub database_url: String,
     /// `None`: derived from the bound address once listening.
     pub public_base_url: Option<String>,
+    /// Where images are stored. `Debug` leaves S3 credentials out.
+    pub storage: StorageConfig,
+    /// How `image_url`s are formed.
+    pub image_urls: ImageUrls,
     pub workers: usize,
     pub max_body_bytes: usize,
     pub max_prompt_chars: usize,
@@ -275,6 +326,8 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
             .field("public_base_url", &self.public_base_url)
+            .field("storage", &self.storage)
+            .field("image_urls", &self.image_urls)
             .field("workers", &self.workers)
             .field("gemini", &self.gemini)
             .field("official", &self.official)
@@ -301,6 +354,8 @@ impl Config {
             data_dir: data_dir.to_path_buf(),
             database_url: sqlite_url(data_dir),
             public_base_url: None,
+            storage: StorageConfig::Local(data_dir.join("images")),
+            image_urls: ImageUrls::Route,
             workers: 64,
             max_body_bytes: 64 * 1024 * 1024,
             max_prompt_chars: 20_000,
@@ -340,19 +395,38 @@ impl Config {
         let env_key = std::env::var("GEMINI_API_KEY")
             .ok()
             .filter(|k| !k.is_empty());
-        Config::merge(flags, file, env_key)
+        // Likewise the AWS tools' credential variables, when ours are unset.
+        let aws = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let aws_keys = AwsEnvKeys {
+            access_key_id: aws("AWS_ACCESS_KEY_ID"),
+            secret_access_key: aws("AWS_SECRET_ACCESS_KEY"),
+        };
+        Config::merge_with_aws(flags, file, env_key, aws_keys)
     }
 
+    #[cfg(test)]
     fn merge(
         flags: ServeArgs,
         file: ServeArgs,
         gemini_env_key: Option<String>,
     ) -> anyhow::Result<Config> {
+        Config::merge_with_aws(flags, file, gemini_env_key, AwsEnvKeys::default())
+    }
+
+    fn merge_with_aws(
+        flags: ServeArgs,
+        file: ServeArgs,
+        gemini_env_key: Option<String>,
+        aws_keys: AwsEnvKeys,
+    ) -> anyhow::Result<Config> {
         let data_dir = flags
             .data_dir
-            .or(file.data_dir)
+            .clone()
+            .or_else(|| file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("./data"));
         let mut config = Config::with_data_dir(&data_dir);
+        (config.storage, config.image_urls) =
+            storage(&flags, &file, aws_keys, &data_dir.join("images"))?;
 
         if let Some(listen) = flags.listen.or(file.listen) {
             config.listen = listen
@@ -506,6 +580,120 @@ impl Config {
         config.models = models;
         Ok(config)
     }
+}
+
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the environment (the fallback for ours).
+#[derive(Default)]
+struct AwsEnvKeys {
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+}
+
+/// The image store and the form of image URLs, from `--storage`, `--s3-*` and
+/// `--image-base-url`. `default_dir` is the folder used without `--storage`.
+fn storage(
+    flags: &ServeArgs,
+    file: &ServeArgs,
+    aws_keys: AwsEnvKeys,
+    default_dir: &Path,
+) -> anyhow::Result<(StorageConfig, ImageUrls)> {
+    macro_rules! take {
+        ($field:ident) => {
+            flags.$field.clone().or_else(|| file.$field.clone())
+        };
+    }
+    let location = match take!(storage) {
+        Some(url) => url
+            .parse::<StorageUrl>()
+            .map_err(|e| anyhow::anyhow!("--storage: {e}"))?,
+        None => StorageUrl::Local(default_dir.to_path_buf()),
+    };
+    let signed = take!(s3_signed_urls);
+    let storage = match location {
+        StorageUrl::Local(dir) => {
+            let s3_flags = [
+                ("--s3-endpoint", take!(s3_endpoint).is_some()),
+                ("--s3-region", take!(s3_region).is_some()),
+                ("--s3-path-style", take!(s3_path_style).is_some()),
+                ("--s3-access-key-id", take!(s3_access_key_id).is_some()),
+                (
+                    "--s3-secret-access-key",
+                    take!(s3_secret_access_key).is_some(),
+                ),
+                ("--s3-signed-urls", signed.is_some()),
+            ];
+            if let Some((flag, _)) = s3_flags.iter().find(|(_, set)| *set) {
+                bail!("{flag} is set, but --storage is not an s3:// URL");
+            }
+            StorageConfig::Local(dir)
+        }
+        StorageUrl::S3 { bucket, prefix } => {
+            let endpoint = match take!(s3_endpoint).filter(|e| !e.is_empty()) {
+                Some(endpoint) => {
+                    let parsed = url::Url::parse(&endpoint)
+                        .with_context(|| format!("--s3-endpoint {endpoint:?} is not a URL"))?;
+                    if !matches!(parsed.scheme(), "http" | "https") {
+                        bail!("--s3-endpoint must be an http(s) URL");
+                    }
+                    Some(endpoint.trim_end_matches('/').to_owned())
+                }
+                None => None,
+            };
+            // A key pair comes whole from one place: ours, else the AWS variables.
+            let ours = (
+                take!(s3_access_key_id).filter(|k| !k.is_empty()),
+                take!(s3_secret_access_key).filter(|k| !k.is_empty()),
+            );
+            let (access_key_id, secret_access_key) = match ours {
+                (None, None) => (aws_keys.access_key_id, aws_keys.secret_access_key),
+                pair => pair,
+            };
+            if access_key_id.is_some() != secret_access_key.is_some() {
+                bail!(
+                    "--s3-access-key-id and --s3-secret-access-key go together (as do \
+                     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): set both or neither"
+                );
+            }
+            StorageConfig::S3(S3Settings {
+                bucket,
+                prefix,
+                endpoint,
+                region: take!(s3_region)
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "us-east-1".to_owned()),
+                path_style: take!(s3_path_style).unwrap_or(false),
+                access_key_id,
+                secret_access_key,
+            })
+        }
+    };
+
+    let base = match take!(image_base_url).filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let parsed = url::Url::parse(&url)
+                .with_context(|| format!("--image-base-url {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("--image-base-url must be an http(s) URL");
+            }
+            Some(url.trim_end_matches('/').to_owned())
+        }
+        None => None,
+    };
+    let urls = match (signed, base) {
+        (Some(_), Some(_)) => {
+            bail!("--s3-signed-urls and --image-base-url exclude each other: choose one")
+        }
+        (Some(seconds), None) => {
+            let valid_for = Duration::from_secs(seconds);
+            if seconds == 0 || valid_for > MAX_SIGNED_URL_VALIDITY {
+                bail!("--s3-signed-urls must be between 1 and 604800 seconds (7 days)");
+            }
+            ImageUrls::Signed(valid_for)
+        }
+        (None, Some(base)) => ImageUrls::Base(base),
+        (None, None) => ImageUrls::Route,
+    };
+    Ok((storage, urls))
 }
 
 /// A Standard Webhooks secret: `whsec_` followed by base64 of at least 24 random bytes.
@@ -739,5 +927,161 @@ mod tests {
         }
         let bad_mode: Result<ServeArgs, _> = toml::from_str(r#"redis_failure_mode = "maybe""#);
         assert!(bad_mode.is_err());
+    }
+
+    #[test]
+    fn storage_defaults_to_the_data_folder_and_s3_takes_its_settings() {
+        let config = Config::merge(ServeArgs::default(), ServeArgs::default(), None).unwrap();
+        assert_eq!(
+            config.storage,
+            StorageConfig::Local(PathBuf::from("./data/images"))
+        );
+        assert_eq!(config.image_urls, ImageUrls::Route);
+
+        let file: ServeArgs = toml::from_str(
+            r#"
+            storage = "s3://images/a/b"
+            s3_endpoint = "http://127.0.0.1:8333/"
+            s3_path_style = true
+            s3_access_key_id = "file-id"
+            s3_secret_access_key = "file-secret"
+            s3_signed_urls = 600
+            "#,
+        )
+        .unwrap();
+        let flags = ServeArgs {
+            s3_region: Some("eu-west-1".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::merge(flags, file, None).unwrap();
+        let StorageConfig::S3(s3) = &config.storage else {
+            panic!("S3 storage: {config:?}");
+        };
+        assert_eq!(s3.bucket, "images");
+        assert_eq!(s3.prefix.as_deref(), Some("a/b"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!(s3.region, "eu-west-1");
+        assert!(s3.path_style);
+        assert_eq!(s3.access_key_id.as_deref(), Some("file-id"));
+        assert_eq!(
+            config.image_urls,
+            ImageUrls::Signed(Duration::from_secs(600))
+        );
+        let shown = format!("{config:?}");
+        for secret in ["file-id", "file-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn aws_environment_keys_fill_in_only_when_ours_are_unset() {
+        let s3 = |flags: ServeArgs| {
+            let flags = ServeArgs {
+                storage: Some("s3://images".into()),
+                ..flags
+            };
+            let aws = AwsEnvKeys {
+                access_key_id: Some("aws-id".into()),
+                secret_access_key: Some("aws-secret".into()),
+            };
+            match Config::merge_with_aws(flags, ServeArgs::default(), None, aws)
+                .unwrap()
+                .storage
+            {
+                StorageConfig::S3(s3) => s3,
+                other => panic!("{other:?}"),
+            }
+        };
+        let from_env = s3(ServeArgs::default());
+        assert_eq!(from_env.access_key_id.as_deref(), Some("aws-id"));
+        assert_eq!(from_env.secret_access_key.as_deref(), Some("aws-secret"));
+        assert_eq!(from_env.region, "us-east-1");
+        assert!(!from_env.path_style);
+        let ours = s3(ServeArgs {
+            s3_access_key_id: Some("our-id".into()),
+            s3_secret_access_key: Some("our-secret".into()),
+            ..ServeArgs::default()
+        });
+        assert_eq!(ours.access_key_id.as_deref(), Some("our-id"));
+        assert_eq!(ours.secret_access_key.as_deref(), Some("our-secret"));
+    }
+
+    #[test]
+    fn conflicting_or_misplaced_storage_settings_are_refused() {
+        let bad = |args: ServeArgs| {
+            Config::merge(args, ServeArgs::default(), None)
+                .unwrap_err()
+                .to_string()
+        };
+        let s3 = || ServeArgs {
+            storage: Some("s3://images".into()),
+            ..ServeArgs::default()
+        };
+        assert!(
+            bad(ServeArgs {
+                storage: Some("gs://images".into()),
+                ..ServeArgs::default()
+            })
+            .contains("--storage")
+        );
+        assert!(
+            bad(ServeArgs {
+                s3_endpoint: Some("http://127.0.0.1:8333".into()),
+                ..ServeArgs::default()
+            })
+            .contains("--s3-endpoint is set, but --storage is not")
+        );
+        assert!(
+            bad(ServeArgs {
+                s3_signed_urls: Some(60),
+                image_base_url: Some("https://cdn.example.com".into()),
+                ..s3()
+            })
+            .contains("exclude each other")
+        );
+        for seconds in [0, 604_801] {
+            assert!(
+                bad(ServeArgs {
+                    s3_signed_urls: Some(seconds),
+                    ..s3()
+                })
+                .contains("--s3-signed-urls")
+            );
+        }
+        assert!(
+            bad(ServeArgs {
+                s3_access_key_id: Some("id".into()),
+                ..s3()
+            })
+            .contains("set both or neither")
+        );
+        assert!(
+            bad(ServeArgs {
+                s3_endpoint: Some("ftp://x".into()),
+                ..s3()
+            })
+            .contains("--s3-endpoint")
+        );
+        assert!(
+            bad(ServeArgs {
+                image_base_url: Some("not a url".into()),
+                ..ServeArgs::default()
+            })
+            .contains("--image-base-url")
+        );
+        // A CDN in front of the local folder is fine.
+        let config = Config::merge(
+            ServeArgs {
+                image_base_url: Some("https://cdn.example.com/x/".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            config.image_urls,
+            ImageUrls::Base("https://cdn.example.com/x".into())
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /images/{key}`: stored images, streamed from the image store. Keys are unguessable, so
+//! `GET /images/{key}`: stored images, streamed from the image store (a local folder or S3;
+//! never buffered whole). Keys are unguessable, so
 //! image URLs work without a token, as clients of the original service expect.
 
 use axum::{
@@ -12,7 +13,7 @@ use axum::{
 use super::{AppState, HttpError, TraceId};
 use crate::{
     api::{ApiError, ErrorCode},
-    storage::images::StoreError,
+    storage::images::{IMMUTABLE, StoreError},
 };
 
 pub async fn get(
@@ -26,10 +27,7 @@ pub async fn get(
                 (header::CONTENT_TYPE, image.content_type.to_owned()),
                 (header::CONTENT_LENGTH, image.size.to_string()),
                 // A key is never reused for other bytes.
-                (
-                    header::CACHE_CONTROL,
-                    "public, max-age=31536000, immutable".to_owned(),
-                ),
+                (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
             ],
             Body::from_stream(image.body),
         )

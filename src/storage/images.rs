@@ -1,13 +1,25 @@
-//! The image store: generated images by key, over `object_store` (a local folder by default). It
-//! knows nothing of tasks or the contract; keys are opaque `<uuid>.<ext>` names.
+//! The image store: generated images by key, over `object_store`: a local folder by default, or
+//! any S3-compatible bucket (`--storage s3://BUCKET[/PREFIX]`). It also forms the `image_url`
+//! clients get for a key (our own route, a public/CDN base, or a presigned S3 URL). It knows
+//! nothing of tasks or the contract; keys are opaque `<uuid>.<ext>` names.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, stream::BoxStream};
 use object_store::{
-    GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, local::LocalFileSystem,
+    Attribute, Attributes, ClientOptions, GetResultPayload, ObjectStore, ObjectStoreExt,
+    PutOptions, PutPayload, RetryConfig,
+    aws::{AmazonS3, AmazonS3Builder},
+    local::LocalFileSystem,
     path::Path as ObjectPath,
+    prefix::PrefixStore,
+    signer::Signer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,11 +32,159 @@ pub enum StoreError {
     Backend(#[from] object_store::Error),
     #[error("image store setup failed: {0}")]
     Setup(String),
+    /// The readiness check failed; the text has the whole cause chain (the top-level error of
+    /// a refused connection only says "error sending request").
+    #[error("image store unavailable: {0}")]
+    Unavailable(String),
 }
+
+/// Where images live: the value of `--storage`, parsed. A folder path (or `file:///abs/path`),
+/// or `s3://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    Local(PathBuf),
+    S3 {
+        bucket: String,
+        /// Keys are stored under `PREFIX/`; no leading or trailing slash.
+        prefix: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageUrlError(String);
+
+impl FromStr for StorageUrl {
+    type Err = StorageUrlError;
+
+    fn from_str(value: &str) -> Result<StorageUrl, StorageUrlError> {
+        let bad = |why: &str| StorageUrlError(format!("storage {value:?}: {why}"));
+        if value.trim().is_empty() {
+            return Err(bad("is empty; use a folder path or s3://BUCKET[/PREFIX]"));
+        }
+        let Some((scheme, rest)) = value.split_once("://") else {
+            return Ok(StorageUrl::Local(PathBuf::from(value)));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(bad(
+                        "a file:// URL needs an absolute path (file:///srv/images)",
+                    ));
+                }
+                Ok(StorageUrl::Local(PathBuf::from(rest)))
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                check_bucket_name(bucket).map_err(|why| bad(&why))?;
+                if prefix.contains(['?', '#']) {
+                    return Err(bad("query strings and fragments are not allowed"));
+                }
+                let prefix = prefix.trim_matches('/');
+                if prefix.is_empty() {
+                    return Ok(StorageUrl::S3 {
+                        bucket: bucket.to_owned(),
+                        prefix: None,
+                    });
+                }
+                // object_store's own rules (no empty, `.` or `..` segments, no control
+                // characters), so the prefix we were given is the one objects land under.
+                let parsed = ObjectPath::parse(prefix)
+                    .map_err(|e| bad(&format!("the prefix {prefix:?} is not usable: {e}")))?;
+                if parsed.as_ref() != prefix {
+                    return Err(bad(&format!("the prefix {prefix:?} is not usable")));
+                }
+                Ok(StorageUrl::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: Some(prefix.to_owned()),
+                })
+            }
+            other => Err(bad(&format!(
+                "unsupported scheme {other:?}; use a folder path or s3://BUCKET[/PREFIX]"
+            ))),
+        }
+    }
+}
+
+/// S3's bucket naming rules (the common subset every S3-compatible service accepts).
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    if bucket.is_empty() {
+        return Err("no bucket name; use s3://BUCKET[/PREFIX]".into());
+    }
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{bucket:?} is not a bucket name (3-63 characters: a-z, 0-9, '-', '.')"
+        ))
+    }
+}
+
+/// Everything needed to reach an S3-compatible bucket. `Debug` leaves the credentials out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    /// `None`: AWS itself (`s3.REGION.amazonaws.com`).
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// `ENDPOINT/BUCKET/KEY` instead of `BUCKET.ENDPOINT/KEY` (SeaweedFS, MinIO need it).
+    pub path_style: bool,
+    /// Without keys, the builder falls back to the EC2/ECS instance metadata credentials.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<none>" };
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &redacted(self.access_key_id.is_some()))
+            .field(
+                "secret_access_key",
+                &redacted(self.secret_access_key.is_some()),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    Local(PathBuf),
+    S3(S3Settings),
+}
+
+/// How the `image_url` handed to clients is formed for a stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageUrls {
+    /// `{public_base_url}/images/{key}`: our own route, which streams from the store.
+    Route,
+    /// `{base}/{key}`: a public bucket or a CDN in front of the store.
+    Base(String),
+    /// A presigned S3 GET URL valid this long (private buckets).
+    Signed(Duration),
+}
+
+/// Longest validity SigV4 allows for a presigned URL.
+pub const MAX_SIGNED_URL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Clone)]
 pub struct ImageStore {
     store: Arc<dyn ObjectStore>,
+    /// The bucket itself (unprefixed), when the store is S3: it signs URLs.
+    s3: Option<(Arc<AmazonS3>, Option<String>)>,
+    urls: ImageUrls,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -41,18 +201,49 @@ pub struct StoredImage {
 }
 
 impl ImageStore {
+    /// The store `config` describes, forming image URLs as `urls` says.
+    pub fn open(config: &StorageConfig, urls: ImageUrls) -> Result<ImageStore, StoreError> {
+        let mut store = match config {
+            StorageConfig::Local(dir) => ImageStore::local(dir)?,
+            StorageConfig::S3(settings) => ImageStore::s3(settings)?,
+        };
+        if matches!(urls, ImageUrls::Signed(_)) && store.s3.is_none() {
+            return Err(StoreError::Setup(
+                "signed image URLs need S3 storage".to_owned(),
+            ));
+        }
+        store.urls = urls;
+        Ok(store)
+    }
+
     /// A store in a local folder, created if missing.
     pub fn local(dir: &Path) -> Result<ImageStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         let fs = LocalFileSystem::new_with_prefix(dir)?;
+        Ok(ImageStore::from_object_store(Arc::new(fs)))
+    }
+
+    /// A store in an S3-compatible bucket. Nothing is contacted yet: `check` does that.
+    pub fn s3(settings: &S3Settings) -> Result<ImageStore, StoreError> {
+        let s3 = Arc::new(s3_builder(settings)?.build()?);
+        let store: Arc<dyn ObjectStore> = match &settings.prefix {
+            Some(prefix) => Arc::new(PrefixStore::new(s3.clone(), prefix.as_str())),
+            None => s3.clone(),
+        };
         Ok(ImageStore {
-            store: Arc::new(fs),
+            store,
+            s3: Some((s3, settings.prefix.clone())),
+            urls: ImageUrls::Route,
         })
     }
 
     pub fn from_object_store(store: Arc<dyn ObjectStore>) -> ImageStore {
-        ImageStore { store }
+        ImageStore {
+            store,
+            s3: None,
+            urls: ImageUrls::Route,
+        }
     }
 
     /// A fresh, unguessable key for an image of this media type.
@@ -62,7 +253,19 @@ impl ImageStore {
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = object_path(key)?;
-        self.store.put(&path, PutPayload::from_bytes(bytes)).await?;
+        let mut options = PutOptions::default();
+        // Object stores hand these headers to whoever fetches the object directly (a public
+        // bucket, a CDN, a signed URL). The local folder keeps no attributes (and refuses them);
+        // our route derives the same headers from the key.
+        if self.s3.is_some() {
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, content_type_for(key).into());
+            attributes.insert(Attribute::CacheControl, IMMUTABLE.into());
+            options.attributes = attributes;
+        }
+        self.store
+            .put_opts(&path, PutPayload::from_bytes(bytes), options)
+            .await?;
         Ok(())
     }
 
@@ -84,13 +287,107 @@ impl ImageStore {
         })
     }
 
-    /// Whether the store answers at all (readiness).
-    pub async fn check(&self) -> Result<(), StoreError> {
-        match self.store.head(&ObjectPath::from("readiness-probe")).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::Backend(e)),
+    /// The URL a client fetches the image `key` from. `route_base` is our public base URL,
+    /// used when image URLs point at our own `/images/{key}` route.
+    pub async fn image_url(&self, route_base: &str, key: &str) -> Result<String, StoreError> {
+        let path = object_path(key)?;
+        match (&self.urls, &self.s3) {
+            (ImageUrls::Route, _) => Ok(format!("{route_base}/images/{key}")),
+            (ImageUrls::Base(base), _) => Ok(format!("{base}/{key}")),
+            (ImageUrls::Signed(valid_for), Some((s3, prefix))) => {
+                // The prefix store does not sign; sign the full key on the bucket itself.
+                let full = match prefix {
+                    Some(prefix) => ObjectPath::from(format!("{prefix}/{key}")),
+                    None => path,
+                };
+                let url = s3.signed_url(http::Method::GET, &full, *valid_for).await?;
+                Ok(url.to_string())
+            }
+            (ImageUrls::Signed(_), None) => Err(StoreError::Setup(
+                "signed image URLs need S3 storage".to_owned(),
+            )),
         }
     }
+
+    /// Whether the store answers and lets us in (readiness): lists a probe prefix that is
+    /// normally empty. An empty answer is fine; an unreachable endpoint, refused credentials or
+    /// a missing bucket are errors. (A `head` would not do: S3 answers 404 for a missing bucket
+    /// as for a missing key.)
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self
+            .store
+            .list_with_delimiter(Some(&ObjectPath::from("readiness-probe")))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    let cause_text = cause.to_string();
+                    if !text.contains(&cause_text) {
+                        text = format!("{text}: {cause_text}");
+                    }
+                    source = cause.source();
+                }
+                Err(StoreError::Unavailable(text))
+            }
+        }
+    }
+}
+
+/// `Cache-Control` of stored images: a key is never reused for other bytes.
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+fn s3_builder(settings: &S3Settings) -> Result<AmazonS3Builder, StoreError> {
+    let setup = |why: String| StoreError::Setup(why);
+    // Fail within seconds when the store is down instead of object_store's default of up to
+    // three minutes of retries: a request waits on this, and readiness must answer quickly.
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+        ..RetryConfig::default()
+    };
+    let mut client = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        // A whole request, body included: generous for large images on slow links.
+        .with_timeout(Duration::from_secs(300));
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(&settings.bucket)
+        .with_region(&settings.region)
+        .with_retry(retry)
+        .with_virtual_hosted_style_request(!settings.path_style);
+    if let Some(endpoint) = &settings.endpoint {
+        let mut url = url::Url::parse(endpoint)
+            .map_err(|e| setup(format!("the S3 endpoint {endpoint:?} is not a URL: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" => client = client.with_allow_http(true),
+            _ => return Err(setup("the S3 endpoint must be an http(s) URL".into())),
+        }
+        if !settings.path_style {
+            // Virtual-hosted style: the bucket is part of the host name, as AWS's SDKs do it.
+            let host = match url.host() {
+                Some(url::Host::Domain(host)) => host.to_owned(),
+                _ => {
+                    return Err(setup(format!(
+                        "the S3 endpoint {endpoint:?} has no host name to put the bucket in; \
+                         use --s3-path-style"
+                    )));
+                }
+            };
+            url.set_host(Some(&format!("{}.{host}", settings.bucket)))
+                .map_err(|e| setup(format!("the S3 endpoint {endpoint:?}: {e}")))?;
+        }
+        builder = builder.with_endpoint(url.as_str().trim_end_matches('/'));
+    }
+    if let Some(id) = &settings.access_key_id {
+        builder = builder.with_access_key_id(id);
+    }
+    if let Some(secret) = &settings.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    Ok(builder.with_client_options(client))
 }
 
 /// How much of a local file one blocking read takes. `object_store` streams local files 8 KiB
@@ -196,5 +493,95 @@ mod tests {
             );
         }
         store.check().await.unwrap();
+    }
+
+    #[test]
+    fn storage_urls_parse_into_folders_and_buckets() {
+        let parse = |s: &str| s.parse::<StorageUrl>();
+        assert_eq!(
+            parse("./data/images"),
+            Ok(StorageUrl::Local(PathBuf::from("./data/images")))
+        );
+        assert_eq!(
+            parse("file:///srv/images"),
+            Ok(StorageUrl::Local(PathBuf::from("/srv/images")))
+        );
+        let s3 = |bucket: &str, prefix: Option<&str>| {
+            Ok(StorageUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.map(Into::into),
+            })
+        };
+        assert_eq!(parse("s3://images"), s3("images", None));
+        assert_eq!(parse("s3://images/"), s3("images", None));
+        assert_eq!(
+            parse("S3://my.bucket-1/a/b"),
+            s3("my.bucket-1", Some("a/b"))
+        );
+        assert_eq!(parse("s3://images/a/b/"), s3("images", Some("a/b")));
+    }
+
+    #[test]
+    fn bad_storage_urls_say_what_is_wrong() {
+        let error = |s: &str| s.parse::<StorageUrl>().unwrap_err().to_string();
+        assert!(error("gs://bucket").contains("unsupported scheme \"gs\""));
+        assert!(error("https://example.com/x").contains("unsupported scheme"));
+        assert!(error("s3://").contains("no bucket name"));
+        assert!(error("s3:///prefix").contains("no bucket name"));
+        assert!(error("s3://Upper").contains("not a bucket name"));
+        assert!(error("s3://ab").contains("not a bucket name"));
+        assert!(error("s3://a_b_c").contains("not a bucket name"));
+        assert!(error("s3://bucket/a//b").contains("prefix"));
+        assert!(error("s3://bucket/a/../b").contains("prefix"));
+        assert!(error("s3://bucket/a?x=1").contains("query"));
+        assert!(error("file://relative/path").contains("absolute path"));
+        assert!(error("").contains("empty"));
+    }
+
+    #[test]
+    fn s3_endpoints_follow_the_addressing_style() {
+        let settings = |endpoint: &str, path_style: bool| S3Settings {
+            bucket: "images".into(),
+            prefix: None,
+            endpoint: Some(endpoint.into()),
+            region: "us-east-1".into(),
+            path_style,
+            access_key_id: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some("s3cr3t-value".into()),
+        };
+        assert!(ImageStore::s3(&settings("http://127.0.0.1:8333", true)).is_ok());
+        assert!(ImageStore::s3(&settings("https://r2.example.com", false)).is_ok());
+        let error = ImageStore::s3(&settings("http://127.0.0.1:8333", false))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--s3-path-style"), "{error}");
+        let error = ImageStore::s3(&settings("ftp://x", true))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("http(s)"), "{error}");
+        let shown = format!("{:?}", settings("http://x", true));
+        assert!(
+            !shown.contains("s3cr3t-value") && !shown.contains("AKIDEXAMPLE"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn image_urls_follow_the_configured_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = StorageConfig::Local(dir.path().to_path_buf());
+        let key = ImageStore::new_key("image/png");
+        let route = ImageStore::open(&local, ImageUrls::Route).unwrap();
+        assert_eq!(
+            route.image_url("http://h", &key).await.unwrap(),
+            format!("http://h/images/{key}")
+        );
+        let cdn = ImageStore::open(&local, ImageUrls::Base("https://cdn.example".into())).unwrap();
+        assert_eq!(
+            cdn.image_url("http://h", &key).await.unwrap(),
+            format!("https://cdn.example/{key}")
+        );
+        let signed = ImageStore::open(&local, ImageUrls::Signed(Duration::from_secs(60)));
+        assert!(signed.unwrap_err().to_string().contains("need S3"));
     }
 }

@@ -271,7 +271,7 @@ async fn make_images(
         let job = &job;
         async move {
             let image = generate_with_retry(tasks, provider.as_ref(), job, deadline_ms).await?;
-            store_image(&tasks.store, image).await
+            store_image(&tasks.store, &tasks.public_base_url, image).await
         }
     });
     let outcomes = join_all(calls).await;
@@ -280,9 +280,9 @@ async fn make_images(
     let mut errors = Vec::new();
     for outcome in outcomes {
         match outcome {
-            Ok(key) => data.push(ImageEntry {
+            Ok(image_url) => data.push(ImageEntry {
                 prompt: request.prompt.clone(),
-                image_url: format!("{}/images/{key}", tasks.public_base_url),
+                image_url,
             }),
             Err(e) => errors.push(e),
         }
@@ -306,8 +306,10 @@ enum ImageFailure {
     Store,
 }
 
+/// Stores the image and returns its `image_url`.
 async fn store_image(
     store: &ImageStore,
+    public_base_url: &str,
     image: crate::providers::GeneratedImage,
 ) -> Result<String, ImageFailure> {
     let key = ImageStore::new_key(&image.mime_type);
@@ -315,7 +317,10 @@ async fn store_image(
         tracing::error!(error = %e, "could not store a generated image");
         ImageFailure::Store
     })?;
-    Ok(key)
+    store.image_url(public_base_url, &key).await.map_err(|e| {
+        tracing::error!(error = %e, "could not form an image URL");
+        ImageFailure::Store
+    })
 }
 
 async fn generate_with_retry(

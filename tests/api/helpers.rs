@@ -8,6 +8,7 @@ use nano_banana::{
     config::Config,
     fetch::AllowRule,
     limits::{FailureMode, RedisSettings},
+    storage::images::{S3Settings, StorageConfig},
     tasks::TaskSettings,
 };
 use reqwest::{StatusCode, header::HeaderMap};
@@ -53,6 +54,7 @@ pub fn scaled() -> bool {
 /// Points the config at the shared services of a scaled-out deployment.
 pub async fn use_scaled_stack(config: &mut Config) {
     config.database_url = fresh_postgres_schema().await;
+    use_s3(config);
     use_redis(config);
 }
 
@@ -60,6 +62,7 @@ pub async fn use_scaled_stack(config: &mut Config) {
 pub fn share_state(config: &mut Config, other: &TestApp) {
     config.database_url = other.config.database_url.clone();
     config.data_dir = other.config.data_dir.clone();
+    config.storage = other.config.storage.clone();
     config.redis = other.config.redis.clone();
 }
 
@@ -67,7 +70,24 @@ pub fn share_state(config: &mut Config, other: &TestApp) {
 /// `use_scaled_stack` (one fresh schema, prefix and key space, shared by every process given it).
 pub async fn scaled_stack_env() -> Vec<(String, String)> {
     let redis = test_redis();
+    let s3 = test_s3();
+    let store = s3.fresh_settings();
+    let prefix = store.prefix.clone().unwrap_or_default();
     vec![
+        (
+            "NANO_BANANA_STORAGE".to_owned(),
+            format!("s3://{}/{prefix}", s3.bucket),
+        ),
+        ("NANO_BANANA_S3_ENDPOINT".to_owned(), s3.endpoint.clone()),
+        ("NANO_BANANA_S3_PATH_STYLE".to_owned(), "true".to_owned()),
+        (
+            "NANO_BANANA_S3_ACCESS_KEY_ID".to_owned(),
+            s3.access_key_id.clone(),
+        ),
+        (
+            "NANO_BANANA_S3_SECRET_ACCESS_KEY".to_owned(),
+            s3.secret_access_key.clone(),
+        ),
         (
             "NANO_BANANA_DATABASE_URL".to_owned(),
             fresh_postgres_schema().await,
@@ -240,6 +260,14 @@ impl TestApp {
                 "task {id} did not finish: {record}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The S3 bucket and prefix the app stores images in, when it uses S3 (`use_s3`).
+    pub fn s3_settings(&self) -> Option<&S3Settings> {
+        match &self.config.storage {
+            StorageConfig::S3(settings) => Some(settings),
+            StorageConfig::Local(_) => None,
         }
     }
 
@@ -470,4 +498,66 @@ pub fn use_gemini(config: &mut Config, base_url: &str, api_key: &str) {
         api_key: api_key.to_owned(),
     });
     config.official = config.gemini.clone();
+}
+
+/// The S3-compatible server of the tests (SeaweedFS, started by `scripts/dev-services.sh`), from
+/// `NANO_BANANA_TEST_S3_*` with the script's defaults.
+#[derive(Debug, Clone)]
+pub struct TestS3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+pub fn test_s3() -> TestS3 {
+    let var = |name: &str, default: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let s3 = TestS3 {
+        endpoint: var("NANO_BANANA_TEST_S3_ENDPOINT", "http://127.0.0.1:8333"),
+        bucket: var("NANO_BANANA_TEST_S3_BUCKET", "nano-banana-test"),
+        access_key_id: var("NANO_BANANA_TEST_S3_ACCESS_KEY_ID", "nbtestkey"),
+        secret_access_key: var("NANO_BANANA_TEST_S3_SECRET_ACCESS_KEY", "nbtestsecret"),
+    };
+    // Fail (never skip) with the way out when the server is not there.
+    let reachable = url::Url::parse(&s3.endpoint)
+        .ok()
+        .and_then(|u| u.socket_addrs(|| None).ok())
+        .and_then(|addrs| addrs.into_iter().next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        });
+    assert!(
+        reachable,
+        "no S3 test server at {} (NANO_BANANA_TEST_S3_ENDPOINT): start one with \
+         `scripts/dev-services.sh start` (SeaweedFS on 127.0.0.1:8333)",
+        s3.endpoint
+    );
+    s3
+}
+
+impl TestS3 {
+    /// Settings for the test bucket under a fresh prefix, so tests never see each other's
+    /// objects.
+    pub fn fresh_settings(&self) -> S3Settings {
+        S3Settings {
+            bucket: self.bucket.clone(),
+            prefix: Some(format!("test-{}", uuid::Uuid::new_v4())),
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".to_owned(),
+            path_style: true,
+            access_key_id: Some(self.access_key_id.clone()),
+            secret_access_key: Some(self.secret_access_key.clone()),
+        }
+    }
+}
+
+/// Points the app's image store at the test bucket under a fresh prefix:
+/// `spawn_app_with(use_s3)`. `TestApp::s3_settings` tells where objects went.
+pub fn use_s3(config: &mut Config) {
+    config.storage = StorageConfig::S3(test_s3().fresh_settings());
 }
