@@ -32,7 +32,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Err(_) => Err(format!("no answer within {} s", TIMEOUT.as_secs())),
         }
     }
-    let mut checks = vec![("database", check(state.tasks.db().ping()).await)];
+    let mut checks = vec![
+        ("database", check(state.tasks.db().ping()).await),
+        ("storage", check(state.tasks.store().check()).await),
+    ];
     if state.rate_limiter.is_shared() {
         checks.push(("redis", check(state.rate_limiter.check()).await));
     }

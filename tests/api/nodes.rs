@@ -71,6 +71,7 @@ async fn readiness_names_the_dependency_that_fails() {
     let body: serde_json::Value = ready.json().await.expect("JSON");
     assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
+    assert_eq!(body["checks"]["storage"]["status"], "ok", "{body}");
 
     // A Redis that is down: the node still starts (rate limits fail open here), but it is not
     // ready, and says why; liveness is unaffected.

@@ -212,7 +212,18 @@ async fn a_generate_request_with_a_broken_store_gets_the_contracts_error() {
         "no internals: {message}"
     );
 
-    // The server is still up and answers other requests.
+    // The server is still up and answers other requests, but is not ready, and says why.
     let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["checks"]["storage"]["status"], "error", "{body}");
+    let error = body["checks"]["storage"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        !error.is_empty() && !error.contains("not-the-secret"),
+        "{body}"
+    );
 }
