@@ -6,7 +6,7 @@
 //! the result. What does not live here: HTTP (the `http` module calls `Tasks`), SQL (`storage`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -112,6 +112,9 @@ pub struct Tasks {
     owner: String,
     /// Sync requests waiting for their task, by task id.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskResult>>>>,
+    /// Tasks this process's workers are running now: a sync request waiting for one of them
+    /// needs no database polling, the worker's signal will come.
+    running_here: Mutex<HashSet<String>>,
     /// Wakes idle workers when a task is queued.
     task_queued: Notify,
     /// Wakes the callback deliverer when a callback is queued.
@@ -141,6 +144,7 @@ impl Tasks {
             public_base_url,
             owner: uuid::Uuid::new_v4().to_string(),
             waiters: Mutex::new(HashMap::new()),
+            running_here: Mutex::new(HashSet::new()),
             task_queued: Notify::new(),
             callback_queued: Notify::new(),
             slots,
@@ -301,8 +305,10 @@ impl Tasks {
         receiver
     }
 
-    /// Waits for a sync request's task. The in-process signal is the fast path; the database is
-    /// checked every few seconds too, in case another process ran the task (after a restart).
+    /// Waits for a sync request's task. The in-process signal is the fast path (from this
+    /// process's worker, or from another node's `NOTIFY` on PostgreSQL); the database is checked
+    /// every few seconds too, in case another process ran the task unheard — but not while this
+    /// process is running it, so thousands of waiting requests cost no queries.
     pub async fn wait(&self, submitted: Submitted) -> TaskResult {
         let Submitted {
             task_id,
@@ -331,6 +337,9 @@ impl Tasks {
                     receiver = oneshot::channel().1;
                 }
                 _ = check.tick() => {
+                    if self.is_running_here(&task_id) {
+                        continue;
+                    }
                     match self.db.task_result(&task_id).await {
                         Ok(Some((status, body))) => {
                             self.lock_waiters().remove(&task_id);
@@ -386,6 +395,25 @@ impl Tasks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn is_running_here(&self, task_id: &str) -> bool {
+        self.running_here
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(task_id)
+    }
+
+    /// Marks a task as running in this process until the guard is dropped.
+    fn run_here(self: &Arc<Self>, task_id: &str) -> RunningHere {
+        self.running_here
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task_id.to_owned());
+        RunningHere {
+            tasks: self.clone(),
+            task_id: task_id.to_owned(),
+        }
+    }
+
     fn notify_waiters(&self, task_id: &str, result: &TaskResult) {
         let senders = self.lock_waiters().remove(task_id).unwrap_or_default();
         for sender in senders {
@@ -423,6 +451,22 @@ async fn listen(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) {
             },
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// While alive, the task counts as running in this process (see `Tasks::running_here`).
+struct RunningHere {
+    tasks: Arc<Tasks>,
+    task_id: String,
+}
+
+impl Drop for RunningHere {
+    fn drop(&mut self) {
+        self.tasks
+            .running_here
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.task_id);
     }
 }
 

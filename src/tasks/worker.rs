@@ -103,6 +103,9 @@ impl Tasks {
 #[tracing::instrument(skip_all, fields(task_id = %task.id, trace_id = %task.trace_id))]
 async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
     let started = Instant::now();
+    // Until this returns, waiters here skip their database polls: the result comes from us (or,
+    // if we lose the lease or cannot record it, polling resumes when this guard drops).
+    let _running = tasks.run_here(&task.id);
     let heartbeat = tokio::spawn(keep_lease(tasks.clone(), task.id.clone()));
     let (result, images, failed_images) = run_task(&tasks, &task).await;
     heartbeat.abort();
