@@ -413,7 +413,7 @@ async fn migrate_db(args: &MigrateDbArgs) -> anyhow::Result<Value> {
     let copied = source
         .copy_into(&target, usize::from(args.batch))
         .await
-        .with_context(|| format!("copying {from} into {to}"));
+        .with_context(|| format!("copying {from} into {to} (nothing was written to it)"));
     source.close().await;
     target.close().await;
     let copied = copied?;

@@ -1321,7 +1321,10 @@ impl Db {
             let filled: Vec<String> = existing
                 .iter()
                 .filter(|c| c.rows > 0)
-                .map(|c| format!("{}: {} rows", c.table, c.rows))
+                .map(|c| {
+                    let rows = if c.rows == 1 { "row" } else { "rows" };
+                    format!("{}: {} {rows}", c.table, c.rows)
+                })
                 .collect();
             if !filled.is_empty() {
                 tx.rollback().await?;

@@ -350,7 +350,7 @@ async fn a_target_with_data_is_refused_and_left_as_it_was() {
     assert!(
         refused
             .stderr
-            .contains("the target database is not empty (applications: 1 rows, ledger: 1 rows)"),
+            .contains("the target database is not empty (applications: 1 row, ledger: 1 row)"),
         "{}",
         refused.stderr
     );
@@ -370,6 +370,73 @@ async fn a_target_with_data_is_refused_and_left_as_it_was() {
     assert_counts(
         &sqlite_to_sqlite.summary,
         &[("applications", 1), ("ledger", 1)],
+    );
+}
+
+/// Runs `statement` on a SQLite file behind the server's back, foreign keys off: the damage a
+/// copy must refuse to carry over.
+async fn tamper(dir: &Path, statement: &str) {
+    use sqlx::{ConnectOptions, Connection};
+    let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("nano-banana.db"))
+        .foreign_keys(false)
+        .connect()
+        .await
+        .expect("the SQLite file opens");
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut connection)
+        .await
+        .expect("the statement runs");
+    let _ = connection.close().await;
+}
+
+#[tokio::test]
+async fn a_copy_that_fails_halfway_leaves_the_target_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = sqlite_url(dir.path());
+    admin_cli(
+        &source,
+        &["apps", "create", "--name", "shop", "--credits", "10"],
+    )
+    .await;
+    // A token of an application that does not exist: applications are copied, then PostgreSQL
+    // rejects the token's foreign key.
+    tamper(
+        dir.path(),
+        "INSERT INTO tokens (id, application_id, hash, prefix, created_at) \
+         VALUES ('t1', 'ghost', 'h1', 'nb-x', 0)",
+    )
+    .await;
+    let target = fresh_postgres_schema().await;
+    let failed = migrate_db(&source, &target).await;
+    assert!(!failed.success, "a dangling token was copied");
+    assert!(
+        failed.stderr.starts_with("error: copying "),
+        "{}",
+        failed.stderr
+    );
+    assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
+    assert_eq!(
+        admin_cli(&target, &["apps", "list"]).await,
+        json!({"applications": []}),
+        "the application copied before the failure was rolled back"
+    );
+
+    // A balance that disagrees with its ledger is not carried over either.
+    tamper(dir.path(), "DELETE FROM tokens WHERE id = 't1'").await;
+    tamper(dir.path(), "UPDATE applications SET credits = credits + 1").await;
+    let refused = migrate_db(&source, &target).await;
+    assert!(!refused.success, "an unbalanced application was copied");
+    assert!(
+        refused
+            .stderr
+            .contains("in the source, credits differ from the ledger sum"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        admin_cli(&target, &["apps", "list"]).await,
+        json!({"applications": []})
     );
 }
 
