@@ -271,15 +271,24 @@ impl TestApp {
         }
     }
 
-    /// Stops the server (graceful shutdown), waits for it, and starts a new one on the same
-    /// database and image folder.
-    pub async fn restart(mut self) -> TestApp {
+    /// Stops the server (graceful shutdown) and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("clean shutdown");
         }
+    }
+
+    /// Stops the server (graceful shutdown), waits for it, and starts a new one on the same
+    /// database and image folder.
+    pub async fn restart(mut self) -> TestApp {
+        self.shut_down().await;
         let data_dir = tempfile::tempdir().expect("temp dir");
         let kept = std::mem::replace(&mut self.data_dir, data_dir);
         start(self.config.clone(), kept).await

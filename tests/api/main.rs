@@ -11,6 +11,7 @@ mod hostile;
 mod idempotency;
 mod images;
 mod lifecycle;
+mod migrate;
 mod multinode;
 mod nodes;
 mod openapi;
