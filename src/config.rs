@@ -821,12 +821,19 @@ mod tests {
             })
             .contains("--listen")
         );
-        assert!(
-            bad(ServeArgs {
-                workers: Some(0),
-                ..Default::default()
-            })
-            .contains("--workers")
+        // `--workers 0` is valid: an API-only node.
+        assert_eq!(
+            Config::merge(
+                ServeArgs {
+                    workers: Some(0),
+                    ..Default::default()
+                },
+                ServeArgs::default(),
+                None
+            )
+            .map(|c| c.workers)
+            .ok(),
+            Some(0)
         );
         assert!(
             bad(ServeArgs {
