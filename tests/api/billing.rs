@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Scenario};
 use serde_json::{Value, json};
 
-use crate::helpers::{Answer, TestApp, answer, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{Answer, TestApp, assert_error, spawn_app, spawn_app_with};
 
 const ADMIN_KEY: &str = "admin-test-key";
 
@@ -14,44 +14,31 @@ async fn admin_app() -> TestApp {
     spawn_app_with(|c| c.admin_key = Some(ADMIN_KEY.into())).await
 }
 
-async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(ADMIN_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    answer(request.send().await.unwrap()).await
-}
-
 /// A new application with `credits` and its token.
 async fn application(app: &TestApp, credits: i64, limits: Value) -> (String, String) {
     let mut body = limits;
     body["name"] = json!("customer");
     body["credits"] = json!(credits);
-    let created = admin(app, reqwest::Method::POST, "/admin/apps", Some(body)).await;
+    let created = app
+        .admin(reqwest::Method::POST, "/admin/apps", Some(body))
+        .await;
     assert_eq!(created.status, 200, "{}", created.body);
     let id = created.body["id"].as_str().unwrap().to_owned();
-    let token = admin(
-        app,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{id}/tokens"),
-        Some(json!({})),
-    )
-    .await;
+    let token = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{id}/tokens"),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(token.status, 200, "{}", token.body);
     (id, token.body["token"].as_str().unwrap().to_owned())
 }
 
 async fn balance(app: &TestApp, id: &str) -> (i64, i64) {
-    let shown = admin(
-        app,
-        reqwest::Method::GET,
-        &format!("/admin/apps/{id}"),
-        None,
-    )
-    .await;
+    let shown = app
+        .admin(reqwest::Method::GET, &format!("/admin/apps/{id}"), None)
+        .await;
     (
         shown.body["credits"].as_i64().unwrap(),
         shown.body["ledger_sum"].as_i64().unwrap(),
@@ -74,23 +61,25 @@ async fn the_admin_api_is_off_without_a_key_and_guarded_with_one() {
     assert_error(&answer, 400, "no_token");
     let answer = app.post("/admin/apps", Some("wrong"), "{}".into()).await;
     assert_error(&answer, 401, "invalid_token");
-    let answer = admin(&app, reqwest::Method::GET, "/admin/apps/nope", None).await;
+    let answer = app
+        .admin(reqwest::Method::GET, "/admin/apps/nope", None)
+        .await;
     assert_error(&answer, 404, "no_api");
-    let answer = admin(
-        &app,
-        reqwest::Method::POST,
-        "/admin/apps",
-        Some(json!({"name": ""})),
-    )
-    .await;
+    let answer = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/apps",
+            Some(json!({"name": ""})),
+        )
+        .await;
     assert_error(&answer, 400, "bad_request");
-    let answer = admin(
-        &app,
-        reqwest::Method::POST,
-        "/admin/apps",
-        Some(json!({"name": "x", "burst": 0})),
-    )
-    .await;
+    let answer = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/apps",
+            Some(json!({"name": "x", "burst": 0})),
+        )
+        .await;
     assert_error(&answer, 400, "bad_request");
 }
 
@@ -119,7 +108,7 @@ async fn credits_for_ten_images_make_exactly_ten_under_a_hundred_concurrent_requ
         );
     }
     assert_eq!(balance(&app, &id).await, (0, 0));
-    let usage = admin(&app, reqwest::Method::GET, "/admin/usage", None).await;
+    let usage = app.admin(reqwest::Method::GET, "/admin/usage", None).await;
     let row = usage.body["usage"]
         .as_array()
         .unwrap()
@@ -175,13 +164,13 @@ async fn only_images_made_are_charged_and_the_rest_refunded() {
     assert_error(&too_much, 403, "used_up");
     assert_eq!(fake.request_count(), before);
 
-    let topped = admin(
-        &app,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{id}/topup"),
-        Some(json!({"credits": 4})),
-    )
-    .await;
+    let topped = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{id}/topup"),
+            Some(json!({"credits": 4})),
+        )
+        .await;
     assert_eq!(topped.body["credits"], 12);
     let pro = generate(
         &app,
@@ -208,33 +197,33 @@ async fn every_token_error_has_its_code() {
     let (id, token) = application(&app, 100, json!({})).await;
     let body = json!({"prompt": "x", "async": true});
 
-    let expired = admin(
-        &app,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{id}/tokens"),
-        Some(json!({"expires_at": 1_000_000})),
-    )
-    .await;
+    let expired = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{id}/tokens"),
+            Some(json!({"expires_at": 1_000_000})),
+        )
+        .await;
     let answer = generate(&app, expired.body["token"].as_str().unwrap(), body.clone()).await;
     assert_error(&answer, 401, "token_expired");
 
-    let future = admin(
-        &app,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{id}/tokens"),
-        Some(json!({"expires_at": 4_000_000_000i64})),
-    )
-    .await;
+    let future = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{id}/tokens"),
+            Some(json!({"expires_at": 4_000_000_000i64})),
+        )
+        .await;
     let answer = generate(&app, future.body["token"].as_str().unwrap(), body.clone()).await;
     assert_eq!(answer.status, 200, "not yet expired");
 
-    let other_api = admin(
-        &app,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{id}/tokens"),
-        Some(json!({"apis": "00000000-0000-0000-0000-000000000000"})),
-    )
-    .await;
+    let other_api = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{id}/tokens"),
+            Some(json!({"apis": "00000000-0000-0000-0000-000000000000"})),
+        )
+        .await;
     let answer = generate(
         &app,
         other_api.body["token"].as_str().unwrap(),
@@ -243,8 +232,7 @@ async fn every_token_error_has_its_code() {
     .await;
     assert_error(&answer, 401, "token_mismatched");
 
-    admin(
-        &app,
+    app.admin(
         reqwest::Method::POST,
         &format!("/admin/apps/{id}/disable"),
         None,
@@ -252,8 +240,7 @@ async fn every_token_error_has_its_code() {
     .await;
     let answer = generate(&app, &token, body.clone()).await;
     assert_error(&answer, 400, "disabled");
-    admin(
-        &app,
+    app.admin(
         reqwest::Method::POST,
         &format!("/admin/apps/{id}/enable"),
         None,
@@ -261,13 +248,13 @@ async fn every_token_error_has_its_code() {
     .await;
     assert_eq!(generate(&app, &token, body.clone()).await.status, 200);
 
-    let tokens = admin(
-        &app,
-        reqwest::Method::GET,
-        &format!("/admin/tokens?application_id={id}"),
-        None,
-    )
-    .await;
+    let tokens = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/tokens?application_id={id}"),
+            None,
+        )
+        .await;
     let listed = tokens.body["tokens"].as_array().unwrap();
     assert_eq!(listed.len(), 4);
     assert!(
@@ -281,8 +268,7 @@ async fn every_token_error_has_its_code() {
         .find(|t| token.starts_with(t["prefix"].as_str().unwrap()))
         .expect("the application's first token is listed");
     let original = original["id"].as_str().unwrap();
-    admin(
-        &app,
+    app.admin(
         reqwest::Method::POST,
         &format!("/admin/tokens/{original}/revoke"),
         None,

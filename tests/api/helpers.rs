@@ -207,6 +207,19 @@ pub struct Answer {
 }
 
 impl TestApp {
+    /// A call to the admin API with this server's admin key.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        let key = self.config.admin_key.as_deref().unwrap_or_default();
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await.expect("request sent")).await
+    }
+
     /// The database this server uses, for tools pointed at the same state (the admin CLI).
     pub fn database_url(&self) -> &str {
         &self.config.database_url

@@ -15,6 +15,7 @@ mod migrate;
 mod multinode;
 mod nodes;
 mod openapi;
+mod procs;
 mod ratelimit_redis;
 mod storage;
 mod tasks;

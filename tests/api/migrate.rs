@@ -11,7 +11,7 @@ use nano_banana::{config::Config, storage::images::StorageConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Answer, CallbackReceiver, TOKEN, TestApp, answer, fresh_postgres_schema, spawn_app_with,
+    CallbackReceiver, TOKEN, TestApp, answer, fresh_postgres_schema, spawn_app_with,
 };
 
 const ADMIN_KEY: &str = "migrate-admin-key";
@@ -30,17 +30,6 @@ async fn app_on(database_url: &str, dir: &Path) -> TestApp {
 
 fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("nano-banana.db").display())
-}
-
-async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(ADMIN_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    answer(request.send().await.expect("request sent")).await
 }
 
 async fn retrieve(app: &TestApp, token: &str, id: &str) -> Value {
@@ -115,31 +104,31 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
 
     // ---- state made through the API, on SQLite ----
     let old = app_on(&sqlite, dir.path()).await;
-    let created = admin(
-        &old,
-        reqwest::Method::POST,
-        "/admin/apps",
-        Some(json!({"name": "customer", "credits": 25, "max_concurrent": 3})),
-    )
-    .await;
+    let created = old
+        .admin(
+            reqwest::Method::POST,
+            "/admin/apps",
+            Some(json!({"name": "customer", "credits": 25, "max_concurrent": 3})),
+        )
+        .await;
     assert_eq!(created.status, 200, "{}", created.body);
     let customer = created.body["id"].as_str().expect("an id").to_owned();
-    let token = admin(
-        &old,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{customer}/tokens"),
-        Some(json!({"name": "ci"})),
-    )
-    .await;
+    let token = old
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{customer}/tokens"),
+            Some(json!({"name": "ci"})),
+        )
+        .await;
     assert_eq!(token.status, 200, "{}", token.body);
     let customer_token = token.body["token"].as_str().expect("a token").to_owned();
-    let topup = admin(
-        &old,
-        reqwest::Method::POST,
-        &format!("/admin/apps/{customer}/topup"),
-        Some(json!({"credits": 5})),
-    )
-    .await;
+    let topup = old
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{customer}/topup"),
+            Some(json!({"credits": 5})),
+        )
+        .await;
     assert_eq!(topup.status, 200, "{}", topup.body);
 
     // A synchronous task of the bootstrap application, with an idempotency key.
@@ -219,8 +208,8 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
     for (token, id) in &tasks {
         records.push(retrieve(&old, token, id).await);
     }
-    let apps_before = admin(&old, reqwest::Method::GET, "/admin/apps", None).await;
-    let usage_before = admin(&old, reqwest::Method::GET, "/admin/usage", None).await;
+    let apps_before = old.admin(reqwest::Method::GET, "/admin/apps", None).await;
+    let usage_before = old.admin(reqwest::Method::GET, "/admin/usage", None).await;
     let image_url = sync.body["data"][0]["image_url"]
         .as_str()
         .expect("an image URL")
@@ -258,7 +247,7 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
     for ((token, id), before) in tasks.iter().zip(&records) {
         assert_eq!(&retrieve(&new, token, id).await, before, "task {id}");
     }
-    let apps_after = admin(&new, reqwest::Method::GET, "/admin/apps", None).await;
+    let apps_after = new.admin(reqwest::Method::GET, "/admin/apps", None).await;
     assert_eq!(
         apps_after.body, apps_before.body,
         "balances and ledger sums"
@@ -269,7 +258,7 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
     {
         assert_eq!(app["credits"], app["ledger_sum"], "{app}");
     }
-    let usage_after = admin(&new, reqwest::Method::GET, "/admin/usage", None).await;
+    let usage_after = new.admin(reqwest::Method::GET, "/admin/usage", None).await;
     assert_eq!(usage_after.body, usage_before.body);
     // The image folder stayed where it was; the route serves the same bytes.
     let image_after = new.get(&image_path).await;
@@ -302,13 +291,13 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
         )
         .await;
     assert_eq!(fresh.status, 200, "{}", fresh.body);
-    let shown = admin(
-        &new,
-        reqwest::Method::GET,
-        &format!("/admin/apps/{customer}"),
-        None,
-    )
-    .await;
+    let shown = new
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/apps/{customer}"),
+            None,
+        )
+        .await;
     assert_eq!(shown.body["credits"], credits_before - 1, "{}", shown.body);
     assert_eq!(shown.body["ledger_sum"], shown.body["credits"]);
     // The new task's ledger row took an id after the copied ones (or PostgreSQL would have

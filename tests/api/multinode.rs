@@ -4,97 +4,41 @@
 //! node are served by the other, and the rate limit holds for the two nodes together.
 
 use std::{
-    collections::{HashMap, HashSet},
-    process::{Child, Command, Stdio},
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
 use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Latency};
 use serde_json::{Value, json};
 
-use crate::helpers::{CallbackReceiver, TOKEN, scaled_stack_env};
+use crate::{
+    helpers::{CallbackReceiver, TOKEN, scaled_stack_env},
+    procs::{
+        ServerProcess, assert_callbacks_match, free_port, post, start_server, wait_until_all_ended,
+    },
+};
 
 const ADMIN_KEY: &str = "multinode-admin-key";
 
-struct Node {
-    child: Child,
-    address: String,
-    _data_dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-async fn start_node(stack: &[(String, String)], upstream: &str) -> Node {
-    let port = free_port();
+/// A node: its own (unused) data folder, everything else shared through `stack`.
+async fn start_node(
+    stack: &[(String, String)],
+    upstream: &str,
+) -> (ServerProcess, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let child = Command::new(env!("CARGO_BIN_EXE_nano-banana"))
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .env("NANO_BANANA_BOOTSTRAP_TOKEN", TOKEN)
-        .env("NANO_BANANA_ADMIN_KEY", ADMIN_KEY)
-        .env("NANO_BANANA_GEMINI_BASE_URL", upstream)
-        .env("GEMINI_API_KEY", "multinode-key")
-        .env("NANO_BANANA_FETCH_ALLOW", "127.0.0.1/32")
-        .env("NANO_BANANA_TASK_LEASE", "2")
-        .env("NANO_BANANA_WORKERS", "8")
-        .env("RUST_LOG", "warn")
-        .envs(stack.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the server binary starts");
-    let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(format!("{address}/readyz")).send().await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {address} did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Node {
-        child,
-        address,
-        _data_dir: data_dir,
-    }
-}
-
-async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
-    let response = client
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("a JSON answer"))
+    let mut env = vec![
+        ("NANO_BANANA_ADMIN_KEY".to_owned(), ADMIN_KEY.to_owned()),
+        ("NANO_BANANA_WORKERS".to_owned(), "8".to_owned()),
+    ];
+    env.extend(stack.iter().cloned());
+    let node = start_server(data_dir.path(), free_port(), upstream, &env).await;
+    (node, data_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_everything_and_survive_losing_one() {
     let fake = FakeGemini::start(FakeGeminiOptions {
-        latency: Latency::Uniform(Duration::from_millis(100), Duration::from_millis(400)),
+        latency: Latency::Uniform(Duration::from_millis(200), Duration::from_millis(600)),
         ..FakeGeminiOptions::default()
     })
     .await
@@ -102,10 +46,9 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     let receiver = CallbackReceiver::start(0, false).await;
     let stack = scaled_stack_env().await;
     // One at a time: the first creates the bootstrap token, the second finds it.
-    let mut nodes = vec![
-        start_node(&stack, &fake.base_url()).await,
-        start_node(&stack, &fake.base_url()).await,
-    ];
+    let (first, _first_dir) = start_node(&stack, &fake.base_url()).await;
+    let (second, _second_dir) = start_node(&stack, &fake.base_url()).await;
+    let mut nodes = vec![first, second];
     let client = reqwest::Client::new();
 
     // The rate limit holds for both nodes together: 60 a minute (one a second), burst 5.
@@ -165,7 +108,8 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     assert!(admitted >= 5, "the burst is admitted: {admitted}");
     assert!(refused > 0, "the rest is refused");
 
-    // 120 tasks spread over both nodes: every other one with a callback, the rest async.
+    // 120 tasks spread over both nodes (upstream calls counted from here): every other one with a callback, the rest async.
+    let calls_before = fake.request_count();
     let mut ids = Vec::new();
     let mut with_callback = HashSet::new();
     for i in 0..120 {
@@ -192,81 +136,24 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     }
 
     // Kill the first node mid-flight; the second finishes its tasks once their leases expire.
-    receiver.wait_for(10).await;
+    receiver.wait_for(5).await;
     let mut killed = nodes.remove(0);
     let killed_address = killed.address.clone();
     killed.child.kill().expect("SIGKILL");
     killed.child.wait().expect("reaped");
     assert!(
-        fake.request_count() < 120,
+        fake.request_count() - calls_before < 120,
         "killed too late to prove anything"
     );
     let survivor = &nodes[0];
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut records: HashMap<String, Value> = HashMap::new();
-    loop {
-        for chunk in ids.chunks(50) {
-            let (status, batch) = post(
-                &client,
-                format!("{}/nano-banana/tasks", survivor.address),
-                TOKEN,
-                json!({"action": "retrieve_batch", "ids": chunk}),
-            )
-            .await;
-            assert_eq!(status, 200, "{batch}");
-            for record in batch["items"].as_array().expect("records") {
-                let id = record["id"].as_str().expect("an id").to_owned();
-                records.insert(id, record.clone());
-            }
-        }
-        let ended = records
-            .values()
-            .filter(|r| r["state"] == "succeeded" || r["state"] == "failed")
-            .count();
-        if ended == ids.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ended} of {} tasks ended",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let records = wait_until_all_ended(&client, &survivor.address, &ids).await;
     for record in records.values() {
         assert_eq!(record["state"], "succeeded", "{record}");
     }
 
     // Every callback arrives (at least once), with the recorded final body.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: HashSet<String> = receiver
-            .received()
-            .iter()
-            .filter_map(|(_, body)| body["task_id"].as_str().map(str::to_owned))
-            .collect();
-        if with_callback.is_subset(&delivered) {
-            break;
-        }
-        let missing = with_callback.difference(&delivered).count();
-        assert!(
-            Instant::now() < deadline,
-            "{missing} callbacks never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for (_, body) in receiver.received() {
-        let id = body["task_id"].as_str().expect("a task id");
-        assert!(
-            with_callback.contains(id),
-            "a callback for a task without one"
-        );
-        assert_eq!(
-            body, records[id]["response"],
-            "the callback differs from the record"
-        );
-    }
+    assert_callbacks_match(&receiver, &with_callback, &records).await;
 
     // Images written by the dead node are served by the survivor.
     let mut from_killed = 0;
