@@ -55,6 +55,8 @@ pub enum DbError {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: Pool,
+    /// Names this process's notifications (PostgreSQL), so its listener can skip its own.
+    node: String,
 }
 
 #[derive(Debug, Clone)]
@@ -239,18 +241,24 @@ pub enum Event {
 /// Notifications from other nodes (PostgreSQL only).
 pub struct Listener {
     inner: PgListener,
+    /// This `Db`'s identity: its own "queued" notifications are skipped (it woke its workers
+    /// already), so each admission costs one claim round, not two.
+    node: String,
 }
 
 impl Listener {
     /// The next notification. After an error the connection is re-established by the next call;
     /// notifications sent meanwhile are lost, so callers keep their polling fallback.
     pub async fn recv(&mut self) -> Result<Event, DbError> {
-        let note = self.inner.recv().await?;
-        Ok(if note.channel() == DONE_CHANNEL {
-            Event::TaskDone(note.payload().to_owned())
-        } else {
-            Event::TaskQueued
-        })
+        loop {
+            let note = self.inner.recv().await?;
+            if note.channel() == DONE_CHANNEL {
+                return Ok(Event::TaskDone(note.payload().to_owned()));
+            }
+            if note.payload() != self.node {
+                return Ok(Event::TaskQueued);
+            }
+        }
     }
 }
 
@@ -398,6 +406,7 @@ impl Db {
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Db {
             pool: Pool::Sqlite(pool),
+            node: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -412,6 +421,7 @@ impl Db {
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Db {
             pool: Pool::Postgres(pool),
+            node: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -442,7 +452,10 @@ impl Db {
         };
         let mut inner = PgListener::connect_with(pool).await?;
         inner.listen_all([QUEUED_CHANNEL, DONE_CHANNEL]).await?;
-        Ok(Some(Listener { inner }))
+        Ok(Some(Listener {
+            inner,
+            node: self.node.clone(),
+        }))
     }
 
     // ---- applications and tokens ------------------------------------------------------------
@@ -908,8 +921,9 @@ impl Db {
             .await?;
             if pg {
                 // Delivered at commit: idle workers on every node look for work.
-                sqlx::query("SELECT pg_notify($1, '')")
+                sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(QUEUED_CHANNEL)
+                    .bind(&self.node)
                     .execute(&mut *tx)
                     .await?;
             }
