@@ -61,16 +61,27 @@ pub struct Db {
 
 #[derive(Debug, Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
+    /// SQLite has one writer at a time. Writes go through a pool of one connection, so they
+    /// queue in the pool (in order, without blocking a thread) instead of in SQLite's busy
+    /// handler, which sleeps 1 to 100 ms between lock attempts, and that connection's page cache
+    /// stays valid. Reads use the other pool and, in WAL mode, never wait for the writer.
+    Sqlite {
+        readers: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
 /// Expands `$body` once per database, with `$pool` bound to the concrete pool and `$pg` telling
-/// whether it is PostgreSQL (for the few statements whose dialects differ).
+/// whether it is PostgreSQL (for the few statements whose dialects differ). `on_pool!` is for
+/// reads; `on_writer!` for anything that writes (on SQLite, the single writer connection).
 macro_rules! on_pool {
     ($db:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        on_pool!(@readers $db, |$pool, $pg| $body)
+    };
+    (@$which:ident $db:expr, |$pool:ident, $pg:ident| $body:expr) => {
         match &$db.pool {
-            Pool::Sqlite($pool) => {
+            Pool::Sqlite { $which: $pool, .. } => {
                 let $pg = false;
                 let _ = $pg;
                 $body
@@ -81,6 +92,31 @@ macro_rules! on_pool {
                 $body
             }
         }
+    };
+}
+
+macro_rules! on_writer {
+    ($db:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        on_pool!(@writer $db, |$pool, $pg| $body)
+    };
+}
+
+/// Binds a `NewTask` as `$1`…`$11` of a task insert (id, trace_id, application_id, user_id,
+/// api_id, credential_id, request, callback_url, now, model, reserved).
+macro_rules! bind_new_task {
+    ($query:expr, $task:expr) => {
+        $query
+            .bind($task.id)
+            .bind($task.trace_id)
+            .bind($task.application_id)
+            .bind($task.user_id)
+            .bind($task.api_id)
+            .bind($task.credential_id)
+            .bind($task.request)
+            .bind($task.callback_url)
+            .bind($task.now)
+            .bind($task.model)
+            .bind($task.reserved)
     };
 }
 
@@ -207,6 +243,34 @@ macro_rules! insert_rows {
         });
         insert.build().execute(&mut *$tx).await.map(|_| n)
     }};
+}
+
+/// SQLite's usual admission (no idempotency key) as one batch of statements in the write
+/// transaction: reserve the credits if the balance and the concurrency limit allow, then write
+/// the task and the ledger entry only if that reservation happened (`changes()`). One trip to the
+/// connection's thread instead of five (BENCHMARKS.md, S4). `false`: refused, nothing written;
+/// `admit_task`'s step-by-step path then finds out why.
+async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, DbError> {
+    let mut tx = writer.begin_write().await?;
+    let batch = sqlx::query(
+        "UPDATE applications SET credits = credits - $11 \
+         WHERE id = $3 AND credits >= $11 AND (max_concurrent IS NULL OR max_concurrent > \
+             (SELECT COUNT(*) FROM tasks \
+              WHERE application_id = $3 AND state IN ('pending', 'processing'))); \
+         INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
+             request, state, callback_url, created_at, run_at, model, reserved) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11 \
+         WHERE changes() = 1 RETURNING id; \
+         INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
+         SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0;",
+    );
+    let inserted = bind_new_task!(batch, task).fetch_all(&mut *tx).await?;
+    if inserted.is_empty() {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// A transaction that will write after it has read: see the module documentation.
@@ -396,16 +460,21 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            // A connection to a local file cannot go stale; the default ping on every acquire
-            // only added a round trip to the connection's thread per query (BENCHMARKS.md, S1).
+        // A connection to a local file cannot go stale; the default ping on every acquire only
+        // added a round trip to the connection's thread per query (BENCHMARKS.md, S1).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false)
+            .connect_with(options.create_if_missing(false))
+            .await?;
         Ok(Db {
-            pool: Pool::Sqlite(pool),
+            pool: Pool::Sqlite { readers, writer },
             node: uuid::Uuid::new_v4().to_string(),
         })
     }
@@ -428,7 +497,7 @@ impl Db {
     /// `"sqlite"` or `"postgres"`, for logs and `/readyz`.
     pub fn kind(&self) -> &'static str {
         match self.pool {
-            Pool::Sqlite(_) => "sqlite",
+            Pool::Sqlite { .. } => "sqlite",
             Pool::Postgres(_) => "postgres",
         }
     }
@@ -441,7 +510,13 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        on_pool!(self, |pool, _pg| pool.close().await)
+        match &self.pool {
+            Pool::Sqlite { readers, writer } => {
+                readers.close().await;
+                writer.close().await;
+            }
+            Pool::Postgres(pool) => pool.close().await,
+        }
     }
 
     /// A connection that hears other nodes' task notifications; `None` on SQLite, where every
@@ -477,7 +552,7 @@ impl Db {
         credits: i64,
         now: i64,
     ) -> Result<(), DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO applications (id, name, user_id, credits, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -510,7 +585,7 @@ impl Db {
         prefix: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
             if pg {
                 // Any fixed key: serializes the bootstrap of concurrent first starts.
@@ -571,7 +646,7 @@ impl Db {
         name: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             sqlx::query(
                 "INSERT INTO tokens (id, application_id, hash, prefix, name, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -656,7 +731,7 @@ impl Db {
         reason: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
             let done = sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
                 .bind(id)
@@ -678,7 +753,7 @@ impl Db {
         id: &str,
         disabled: bool,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let done = sqlx::query("UPDATE applications SET disabled = $2 WHERE id = $1")
                 .bind(id)
                 .bind(i64::from(disabled))
@@ -696,7 +771,7 @@ impl Db {
         burst: Option<i64>,
         max_concurrent: Option<i64>,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let done = sqlx::query(
                 "UPDATE applications SET rate_per_minute = $2, burst = $3, max_concurrent = $4 WHERE id = $1",
             )
@@ -716,7 +791,7 @@ impl Db {
         expires_at: Option<i64>,
         apis: &str,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let done = sqlx::query("UPDATE tokens SET expires_at = $2, apis = $3 WHERE id = $1")
                 .bind(id)
                 .bind(expires_at)
@@ -758,7 +833,7 @@ impl Db {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1")
                 .bind(id)
                 .execute(pool)
@@ -815,7 +890,13 @@ impl Db {
         task: &NewTask<'_>,
         idempotency: Option<(&str, &str, i64)>,
     ) -> Result<Admission, DbError> {
-        on_pool!(self, |pool, pg| {
+        if let (None, Pool::Sqlite { writer, .. }) = (idempotency, &self.pool)
+            && admit_at_once(writer, task).await?
+        {
+            return Ok(Admission::Inserted);
+        }
+        // Refused by the short path (or not taken): the checks one by one, which also say why.
+        on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
             // On PostgreSQL, locking the application's row serializes its admissions across
             // nodes, so the checks below hold until commit (SQLite's write lock already does).
@@ -901,24 +982,12 @@ impl Db {
                     task.now,
                 )?;
             }
-            sqlx::query(
+            let insert = sqlx::query(
                 "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
                  request, state, callback_url, created_at, run_at, model, reserved) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
-            )
-            .bind(task.id)
-            .bind(task.trace_id)
-            .bind(task.application_id)
-            .bind(task.user_id)
-            .bind(task.api_id)
-            .bind(task.credential_id)
-            .bind(task.request)
-            .bind(task.callback_url)
-            .bind(task.now)
-            .bind(task.model)
-            .bind(task.reserved)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_new_task!(insert, task).execute(&mut *tx).await?;
             if pg {
                 // Delivered at commit: idle workers on every node look for work.
                 sqlx::query("SELECT pg_notify($1, $2)")
@@ -954,7 +1023,7 @@ impl Db {
         limit: usize,
         now: i64,
     ) -> Result<Vec<ClaimedTask>, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             macro_rules! claim {
                 ($lock:literal) => {
                     concat!(
@@ -1007,7 +1076,7 @@ impl Db {
         owner: &str,
         until: i64,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let done = sqlx::query(
                 "UPDATE tasks SET lease_until = $3 \
                  WHERE id = $1 AND lease_owner = $2 AND state = 'processing'",
@@ -1023,7 +1092,7 @@ impl Db {
 
     /// Puts every task this process holds back in the queue (shutdown after the grace period).
     pub async fn release_tasks_of(&self, owner: &str, now: i64) -> Result<(), DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             sqlx::query(
                 "UPDATE tasks SET state = 'pending', lease_owner = NULL, lease_until = NULL, run_at = $2 \
                  WHERE lease_owner = $1 AND state = 'processing'",
@@ -1044,7 +1113,7 @@ impl Db {
         owner: &str,
         done: &Completion<'_>,
     ) -> Result<bool, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
             let state = if done.succeeded {
                 "succeeded"
@@ -1192,7 +1261,7 @@ impl Db {
         limit: usize,
         now: i64,
     ) -> Result<Vec<CallbackRow>, DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             macro_rules! claim {
                 ($lock:literal) => {
                     concat!(
@@ -1240,7 +1309,7 @@ impl Db {
         attempt: &CallbackAttempt<'_>,
         outcome: CallbackOutcome,
     ) -> Result<(), DbError> {
-        on_pool!(self, |pool, pg| {
+        on_writer!(self, |pool, pg| {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO callback_attempts (callback_id, attempt, at, status, latency_ms, error) \
@@ -1329,7 +1398,7 @@ impl Db {
             )));
         }
         let source_counts = self.table_counts().await?;
-        on_pool!(target, |pool, pg| {
+        on_writer!(target, |pool, pg| {
             let mut tx = pool.begin_write().await?;
             let existing = table_counts!(&mut *tx);
             let filled: Vec<String> = existing
