@@ -204,6 +204,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             api_key: upstream.api_key.clone(),
             timeout,
             connect_timeout: Duration::from_secs(10),
+            connections: config.upstream_connections,
         })
         .map_err(|e| anyhow::anyhow!("building the Gemini client: {e}"))?;
         Ok(Arc::new(provider))

@@ -17,6 +17,7 @@ use crate::{
     domain::Prices,
     fetch::{AllowRule, FetchPolicy},
     limits::{FailureMode, RedisSettings},
+    providers::lanes::ConnectionSettings,
     storage::images::{ImageUrls, MAX_SIGNED_URL_VALIDITY, S3Settings, StorageConfig, StorageUrl},
 };
 
@@ -148,6 +149,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
     pub upstream_timeout: Option<u64>,
 
+    /// Upstream calls in flight on one connection before another is opened: HTTP/2 servers cap the streams of a connection, Google's commonly at 100 [default: 100]
+    #[arg(long, env = "NANO_BANANA_UPSTREAM_STREAMS_PER_CONNECTION", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_streams_per_connection: Option<u32>,
+
+    /// Speak cleartext HTTP/2 (prior knowledge) to http:// upstreams that support it: a local proxy, the fake (https:// upstreams negotiate HTTP/2 by themselves)
+    #[arg(long, env = "NANO_BANANA_UPSTREAM_H2C", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub upstream_h2c: Option<bool>,
+
     /// Upstream calls per image before giving up on retryable failures (429, 5xx, upstream unreachable) [default: 4]
     #[arg(long, env = "NANO_BANANA_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
@@ -278,6 +288,8 @@ pub struct Config {
     pub gemini: Option<UpstreamConfig>,
     pub official: Option<UpstreamConfig>,
     pub upstream_timeout: Duration,
+    /// How upstream connections are made (HTTP/2 streams per connection, h2c).
+    pub upstream_connections: ConnectionSettings,
     pub max_attempts: u32,
     pub task_deadline: Duration,
     pub fetch: FetchPolicy,
@@ -331,6 +343,7 @@ impl std::fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("gemini", &self.gemini)
             .field("official", &self.official)
+            .field("upstream_connections", &self.upstream_connections)
             .field("fetch", &self.fetch)
             .field("models", &self.models)
             .field("bootstrap_token", &redacted(self.bootstrap_token.is_some()))
@@ -362,6 +375,7 @@ impl Config {
             gemini: None,
             official: None,
             upstream_timeout: Duration::from_secs(300),
+            upstream_connections: ConnectionSettings::default(),
             max_attempts: 4,
             task_deadline: Duration::from_secs(900),
             fetch: FetchPolicy::default(),
@@ -463,6 +477,12 @@ impl Config {
         }
         if let Some(s) = take!(upstream_timeout) {
             config.upstream_timeout = Duration::from_secs(s);
+        }
+        if let Some(n) = take!(upstream_streams_per_connection) {
+            config.upstream_connections.streams_per_connection = n as usize;
+        }
+        if let Some(h2c) = take!(upstream_h2c) {
+            config.upstream_connections.h2c = h2c;
         }
         if let Some(n) = take!(max_attempts) {
             config.max_attempts = n.max(1);
@@ -756,6 +776,8 @@ mod tests {
             listen = "127.0.0.1:9000"
             workers = 3
             max_attempts = 7
+            upstream_h2c = true
+            upstream_streams_per_connection = 50
             [models."nano-banana-pro"]
             provider = "placeholder"
             "#,
@@ -769,6 +791,13 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:1234");
         assert_eq!(config.workers, 3);
         assert_eq!(config.max_attempts, 7);
+        assert_eq!(
+            config.upstream_connections,
+            ConnectionSettings {
+                streams_per_connection: 50,
+                h2c: true
+            }
+        );
         assert_eq!(config.database_url, "sqlite://./data/nano-banana.db");
         assert!(config.gemini.is_none());
         assert_eq!(

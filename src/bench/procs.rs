@@ -184,6 +184,18 @@ pub fn start_fake(
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
     pub workers: usize,
+    /// Upstream calls over cleartext HTTP/2 (`--upstream-h2c`), as with Google over TLS.
+    pub upstream_h2c: bool,
+}
+
+impl ServerSpec {
+    /// The given workers; HTTP/1.1 to the fake.
+    pub fn workers(workers: usize) -> ServerSpec {
+        ServerSpec {
+            workers,
+            upstream_h2c: false,
+        }
+    }
 }
 
 pub fn start_server(
@@ -203,6 +215,10 @@ pub fn start_server(
         // S5 sends four 2 MB images as data: URIs (≈ 11 MB of JSON).
         .args(["--max-body-bytes", &(128usize << 20).to_string()])
         .args(["--gemini-base-url", &fake.base_url])
+        .args([
+            "--upstream-h2c",
+            if spec.upstream_h2c { "true" } else { "false" },
+        ])
         // The callback receiver listens on loopback.
         .args(["--fetch-allow", "127.0.0.1/32"])
         .env("GEMINI_API_KEY", "fake")

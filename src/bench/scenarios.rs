@@ -47,7 +47,9 @@ impl Bench {
         let direct = Endpoint::gemini(&fake, generate_content(), 64);
         let d1 = self.phase("S1", "direct", 1, &fake, None, &direct).await?;
         let d64 = self.phase("S1", "direct", 64, &fake, None, &direct).await?;
-        let server = self.server(&fake, DEFAULT_WORKERS, work, "s1").await?;
+        let server = self
+            .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s1")
+            .await?;
         let through = Endpoint::images(&server, generate_body(), 64);
         let s1 = self
             .phase("S1", "server", 1, &server, Some(&fake), &through)
@@ -81,7 +83,9 @@ impl Bench {
         let fake = self.fake("none", self.scale.s2_image, work, "s2")?;
         let direct = Endpoint::gemini(&fake, generate_content(), 8);
         let d8 = self.phase("S2", "direct", 8, &fake, None, &direct).await?;
-        let server = self.server(&fake, DEFAULT_WORKERS, work, "s2").await?;
+        let server = self
+            .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s2")
+            .await?;
         let through = Endpoint::images(&server, generate_body(), 8);
         let s8 = self
             .phase("S2", "server", 8, &server, Some(&fake), &through)
@@ -102,17 +106,13 @@ impl Bench {
                 n + FD_RESERVE
             );
         }
-        // The server holds one connection per waiting client and, over HTTP/1.1, one per
-        // upstream call in flight: its workers must leave room for both in the same limit.
-        let workers = n.min(limit - n - FD_RESERVE).max(1);
-        if workers < n {
-            self.report.notes.push(format!(
-                "S3: RLIMIT_NOFILE is {limit}, so the server ran with --workers {workers}: \
-                 {n} client connections plus {workers} HTTP/1.1 upstream connections fit; the \
-                 other {} tasks waited in the queue for a second upstream round",
-                n - workers
-            ));
-        }
+        // The server holds one connection per waiting client; its upstream calls share
+        // cleartext HTTP/2 connections, 100 calls each (as they would share TLS ones with
+        // Google), so every request gets a worker.
+        let spec = ServerSpec {
+            workers: n,
+            upstream_h2c: true,
+        };
         let fake = self.fake(self.scale.s3_latency, 0, work, "s3")?;
         let plan = Plan {
             concurrency: n,
@@ -130,7 +130,7 @@ impl Bench {
             self.measure("S3", "direct", plan, &fake, None, &direct)
                 .await?
         };
-        let server = self.server(&fake, workers, work, "s3").await?;
+        let server = self.server(&fake, spec, work, "s3").await?;
         let through = Endpoint::images(&server, generate_body(), n);
         let s = self
             .measure("S3", "server", plan, &server, Some(&fake), &through)
@@ -164,7 +164,9 @@ impl Bench {
             .phase("S4", "direct", concurrency, &fake, None, &direct)
             .await?;
         let receiver = CallbackReceiver::start().await?;
-        let server = self.server(&fake, DEFAULT_WORKERS, work, "s4").await?;
+        let server = self
+            .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s4")
+            .await?;
         let accepted = Arc::new(Mutex::new(Vec::with_capacity(n)));
         let body = json!({"prompt": PROMPT, "callback_url": receiver.url});
         let mut submit = Endpoint::images(&server, body, concurrency);
@@ -260,7 +262,9 @@ impl Bench {
         let d = self
             .phase("S5", "direct", concurrency, &fake, None, &direct)
             .await?;
-        let server = self.server(&fake, DEFAULT_WORKERS, work, "s5").await?;
+        let server = self
+            .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s5")
+            .await?;
         let through = Endpoint::images(&server, edit_body(&inputs), concurrency);
         let s = self
             .phase("S5", "server", concurrency, &server, Some(&fake), &through)
@@ -274,7 +278,9 @@ impl Bench {
     pub async fn s6(&mut self, work: &WorkDir) -> anyhow::Result<()> {
         let concurrency = 16;
         let fake = self.fake("none", self.scale.s6_image, work, "s6")?;
-        let server = self.server(&fake, DEFAULT_WORKERS, work, "s6").await?;
+        let server = self
+            .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s6")
+            .await?;
         let image_url = generate_one(&server).await?;
         let key = image_url
             .rsplit_once("/images/")
@@ -329,12 +335,11 @@ impl Bench {
     async fn server(
         &self,
         fake: &ChildProcess,
-        workers: usize,
+        spec: ServerSpec,
         work: &WorkDir,
         label: &str,
     ) -> anyhow::Result<ChildProcess> {
-        let mut server =
-            procs::start_server(&self.bins, &ServerSpec { workers }, fake, work, label)?;
+        let mut server = procs::start_server(&self.bins, &spec, fake, work, label)?;
         server
             .wait_healthy(&reqwest::Client::new(), "/healthz")
             .await?;

@@ -1,5 +1,6 @@
 //! A fake Gemini `generateContent` upstream: a real axum server on loopback that speaks the wire
-//! format of upstreams.md §1.2–1.5 and §5, for the integration tests and the benchmark tool.
+//! format of upstreams.md §1.2–1.5 and §5, for the integration tests and the benchmark tool, over
+//! HTTP/1.1 or cleartext HTTP/2 (prior knowledge; Google's own endpoint negotiates HTTP/2 on TLS).
 //!
 //! What lives here: routing (`POST /{v1|v1beta}/models/{model}:generateContent`), API-key checks
 //! (header or `?key=`), the per-model parameter checks Google does (aspect ratios, `imageSize`,
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use base64::Engine as _;
@@ -229,6 +230,8 @@ pub struct RecordedRequest {
     /// The JSON body; `Null` when `record_bodies` is off or the body is not JSON.
     pub body: Value,
     pub body_len: usize,
+    /// `HTTP/1.1` or `HTTP/2.0` (cleartext HTTP/2 with prior knowledge is served too).
+    pub http_version: String,
 }
 
 /// A running fake. Dropping it stops accepting connections and answers requests still waiting
@@ -264,6 +267,7 @@ impl FakeGemini {
             options,
             recorded: Mutex::new(VecDeque::new()),
             count: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             scenarios: Mutex::new(VecDeque::new()),
             shutdown: shutdown_rx.clone(),
             response_seq: AtomicU64::new(0),
@@ -274,7 +278,9 @@ impl FakeGemini {
             .with_state(shared.clone());
         // Without TCP_NODELAY small answers can wait for delayed ACKs (~40 ms), which would
         // dominate the benchmark's numbers.
-        let listener = listener.tap_io(|stream| {
+        let counted = shared.clone();
+        let listener = listener.tap_io(move |stream| {
+            counted.connections.fetch_add(1, Ordering::Relaxed);
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::trace!("fake gemini: TCP_NODELAY failed: {err}");
             }
@@ -320,6 +326,11 @@ impl FakeGemini {
         self.shared.count.load(Ordering::Relaxed)
     }
 
+    /// TCP connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
     /// Queues an outcome for a coming request. Queued outcomes are taken in order by requests
     /// that pass the checks Google makes first (path, key, JSON, model, parameters), before
     /// any prompt tag is looked at.
@@ -344,6 +355,8 @@ struct Shared {
     options: FakeGeminiOptions,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     count: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
     scenarios: Mutex<VecDeque<Scenario>>,
     images: ImageCache,
     thought_image: OnceCell<Arc<EncodedImage>>,
@@ -468,12 +481,14 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     shared.count.fetch_add(1, Ordering::Relaxed);
     let route = parse_route(uri.path());
-    shared.record(&method, &uri, &headers, route.map(|r| r.model), &body);
+    let model = route.map(|r| r.model);
+    shared.record(&method, &uri, version, &headers, model, &body);
 
     let Some(route) = route.filter(|_| method == Method::POST) else {
         return google_error(404, "Requested entity was not found.", None);
@@ -551,6 +566,7 @@ impl Shared {
         &self,
         method: &Method,
         uri: &Uri,
+        version: Version,
         headers: &HeaderMap,
         model: Option<&str>,
         body: &Bytes,
@@ -572,6 +588,7 @@ impl Shared {
             model: model.map(str::to_owned),
             body: body_json,
             body_len: body.len(),
+            http_version: format!("{version:?}"),
         };
         let mut recorded = lock(&self.recorded);
         while recorded.len() >= self.options.record_limit {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
+use super::lanes::{ConnectionSettings, Lanes};
 use super::{GeneratedImage, ImageJob, ImageProvider, ProviderError};
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -66,6 +67,7 @@ pub struct GeminiConfig {
     /// The whole call, sending the inputs through reading the image.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub connections: ConnectionSettings,
 }
 
 impl GeminiConfig {
@@ -77,6 +79,7 @@ impl GeminiConfig {
             api_key: api_key.into(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -89,6 +92,7 @@ impl fmt::Debug for GeminiConfig {
             .field("api_key", &"<redacted>")
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -108,7 +112,8 @@ pub enum GeminiError {
 
 #[derive(Debug)]
 pub struct GeminiProvider {
-    client: reqwest::Client,
+    /// The HTTP clients, as many as the calls in flight need (see `lanes`).
+    lanes: Lanes,
     /// `{base}/{version}/models`, to which `{model}:generateContent` is appended.
     models_url: Url,
     /// The key pool: `api_key` may list several keys, comma-separated.
@@ -180,13 +185,21 @@ impl GeminiProvider {
             return Err(GeminiError::ApiKey);
         }
 
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .build()
-            .map_err(GeminiError::Client)?;
+        let (timeout, connect_timeout) = (config.timeout, config.connect_timeout);
+        let h2c = config.connections.h2c && models_url.scheme() == "http";
+        let lanes = Lanes::new(config.connections.streams_per_connection, move || {
+            let builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(connect_timeout);
+            if h2c {
+                builder.http2_prior_knowledge().build()
+            } else {
+                builder.build()
+            }
+        })
+        .map_err(GeminiError::Client)?;
         Ok(GeminiProvider {
-            client,
+            lanes,
             models_url,
             keys,
             next_key: AtomicUsize::new(0),
@@ -299,8 +312,10 @@ impl GeminiProvider {
     ) -> Result<GeneratedImage, ProviderError> {
         let body = serde_json::to_vec(&GenerateContentRequest::for_job(job))
             .map_err(|err| ProviderError::InvalidResponse(format!("request encoding: {err}")))?;
-        let mut response = self
-            .client
+        // Held until the answer has been read: the call occupies a stream of the lane till then.
+        let lane = self.lanes.acquire();
+        let mut response = lane
+            .client()
             .post(self.endpoint(&job.upstream_model))
             .header("x-goog-api-key", api_key.clone())
             .header(CONTENT_TYPE, "application/json")
@@ -1084,6 +1099,47 @@ mod tests {
         };
         assert!(message.contains("not base64"), "{message}");
         assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn over_h2c_calls_beyond_a_connections_streams_open_another_connection() {
+        let fake = FakeGemini::start(FakeGeminiOptions {
+            api_key: Some(KEY.to_owned()),
+            latency: crate::fake::gemini::Latency::Fixed(Duration::from_millis(400)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let multiplexed = GeminiProvider::new(GeminiConfig {
+            connections: ConnectionSettings {
+                streams_per_connection: 2,
+                h2c: true,
+            },
+            ..config(&fake.base_url())
+        })
+        .unwrap();
+        let job = job("x");
+        let calls = (0..5).map(|_| multiplexed.generate(&job));
+        for result in futures_util::future::join_all(calls).await {
+            assert!(result.is_ok(), "{result:?}");
+        }
+        let versions: Vec<String> = fake
+            .requests()
+            .into_iter()
+            .map(|r| r.http_version)
+            .collect();
+        assert_eq!(versions, vec!["HTTP/2.0"; 5]);
+        // Five calls at two per connection: three connections (one would have made the
+        // calls beyond two wait). A racing connect may add one, never fewer.
+        let connections = fake.connection_count();
+        assert!((3..=5).contains(&connections), "{connections} connections");
+        assert_eq!(multiplexed.lanes.count(), 3);
+
+        // Without h2c the same provider speaks HTTP/1.1, one call per connection.
+        let plain = provider(&fake);
+        assert!(plain.generate(&job).await.is_ok());
+        let last = fake.requests().pop().unwrap();
+        assert_eq!(last.http_version, "HTTP/1.1");
     }
 
     #[tokio::test]

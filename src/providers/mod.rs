@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::domain::{AspectRatio, Model, Resolution};
 
 pub mod gemini;
+pub mod lanes;
 pub mod placeholder;
 
 /// An image given to the upstream as a reference (the `image_urls` of an edit), already fetched,
