@@ -144,7 +144,11 @@ impl Application {
             .tasks
             .spawn_background(stopped.clone(), self.shutdown_grace);
         let mut http_stopped = stopped.clone();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // `into_make_service`: each connection gets a clone of the router (a reference count).
+        // Serving the router itself would rebuild its route table for every connection (axum
+        // calls `with_state(())` per connection): ~10 KB and some CPU each (BENCHMARKS.md, S3).
+        let service = self.router.into_make_service();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
             let _ = http_stopped.wait_for(|s| *s).await;
         });
         let server = tokio::spawn(server.into_future());

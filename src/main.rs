@@ -57,17 +57,34 @@ struct FakeGeminiArgs {
     image_bytes: usize,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Threads for blocking work: short file I/O (image writes and reads) and DNS lookups. Tokio's
+/// default of 512 let a burst of 10,000 finishing tasks start 512 threads, ~160 MB of memory
+/// (BENCHMARKS.md, S3), where a few dozen keep two cores just as busy.
+const MAX_BLOCKING_THREADS: usize = 128;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Generate(args) => client::generate(args).await,
-        Command::Edit(args) => client::edit(args).await,
-        Command::Task(args) => client::task(args).await,
-        Command::Admin(args) => nano_banana::admin::cli(args).await,
-        Command::FakeGemini(args) => fake_gemini(args).await,
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Generate(args) => client::generate(args).await,
+            Command::Edit(args) => client::edit(args).await,
+            Command::Task(args) => client::task(args).await,
+            Command::Admin(args) => nano_banana::admin::cli(args).await,
+            Command::FakeGemini(args) => fake_gemini(args).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -101,14 +101,21 @@ async fn create_task(
     let body = parse_json_body(&trace_id, body)?;
     let request = ImagesRequest::parse(&body, &state.limits)
         .map_err(|e| HttpError::new(&trace_id, ApiError::bad_request(e.0)))?;
-    let submitted = state
-        .tasks
-        .submit(&caller, &trace_id, &body, &request, idempotency_key)
+    // Boxed: the submission's database futures are large, and a sync request keeps this
+    // handler's future alive while it waits; unboxed, every waiting request would carry their
+    // space (~10 KB) for nothing (BENCHMARKS.md, S3).
+    let submitted =
+        Box::pin(
+            state
+                .tasks
+                .submit(&caller, &trace_id, &body, &request, idempotency_key),
+        )
         .await
         .map_err(|e| HttpError::new(&trace_id, e))?;
     if request.answers_at_once() {
         return Ok(Json(api::accepted_body(&submitted.task_id, &trace_id)).into_response());
     }
+    drop((body, request, headers, caller));
     // If the client goes away, this future is dropped; the task runs on and stays retrievable.
     let result = state.tasks.wait(submitted).await;
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -122,11 +122,9 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
         callback_id: &callback_id,
         now: now_ms(),
     };
-    match tasks
-        .db
-        .complete_task(&task.id, &tasks.owner, &completion)
-        .await
-    {
+    // Boxed: the database future is large, and unboxed its space would be held by every
+    // running task's future for the whole upstream call (BENCHMARKS.md, S3).
+    match Box::pin(tasks.db.complete_task(&task.id, &tasks.owner, &completion)).await {
         Ok(true) => {
             tracing::info!(
                 status = result.status,
