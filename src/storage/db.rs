@@ -258,9 +258,10 @@ async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, 
              (SELECT COUNT(*) FROM tasks \
               WHERE application_id = $3 AND state IN ('pending', 'processing'))); \
          INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-             request, state, callback_url, created_at, run_at, model, reserved) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11 \
+             state, callback_url, created_at, run_at, model, reserved) \
+         SELECT $1, $2, $3, $4, $5, $6, 'pending', $8, $9, $9, $10, $11 \
          WHERE changes() = 1 RETURNING id; \
+         INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
          INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
          SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0;",
     );
@@ -982,11 +983,19 @@ impl Db {
                     task.now,
                 )?;
             }
-            let insert = sqlx::query(
+            // The task and its request (`$7`) in one statement: PostgreSQL wants every bound
+            // parameter used, and SQLite runs the two statements in one trip.
+            let insert = sqlx::query(if pg {
+                "WITH task AS (INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, \
+                     credential_id, state, callback_url, created_at, run_at, model, reserved) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $8, $9, $9, $10, $11) RETURNING id) \
+                 INSERT INTO task_requests (task_id, request) SELECT id, $7 FROM task"
+            } else {
                 "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-                 request, state, callback_url, created_at, run_at, model, reserved) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
-            );
+                     state, callback_url, created_at, run_at, model, reserved) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $8, $9, $9, $10, $11); \
+                 INSERT INTO task_requests (task_id, request) VALUES ($1, $7)"
+            });
             bind_new_task!(insert, task).execute(&mut *tx).await?;
             if pg {
                 // Delivered at commit: idle workers on every node look for work.
@@ -1034,7 +1043,8 @@ impl Db {
                                 OR (state = 'processing' AND lease_until < $3) \
                              ORDER BY run_at LIMIT $4",
                         $lock,
-                        ") RETURNING id, trace_id, request, callback_url, attempts, created_at"
+                        ") RETURNING id, trace_id, callback_url, attempts, created_at, \
+                             (SELECT request FROM task_requests WHERE task_id = tasks.id) AS request"
                     )
                 };
             }
@@ -1186,9 +1196,11 @@ impl Db {
     ) -> Result<Option<TaskRow>, DbError> {
         on_pool!(self, |pool, pg| {
             let row = sqlx::query(
-                "SELECT id, trace_id, application_id, user_id, api_id, credential_id, request, state, \
-                     http_status, response, created_at, started_at, finished_at \
-                 FROM tasks WHERE id = $1 AND application_id = $2",
+                "SELECT t.id, t.trace_id, t.application_id, t.user_id, t.api_id, t.credential_id, \
+                     r.request, t.state, t.http_status, t.response, t.created_at, t.started_at, \
+                     t.finished_at \
+                 FROM tasks t JOIN task_requests r ON r.task_id = t.id \
+                 WHERE t.id = $1 AND t.application_id = $2",
             )
             .bind(id)
             .bind(application_id)
@@ -1567,7 +1579,7 @@ struct Table {
 /// Every table, parents before children (the order foreign keys need). A column added by a
 /// migration must be added here too; `copy_into` refuses to run while the schema of either
 /// database has a column this list lacks, so a forgotten one cannot be dropped silently.
-const TABLES: [Table; 7] = {
+const TABLES: [Table; 8] = {
     use Kind::{Int, Text};
     [
         Table {
@@ -1613,7 +1625,6 @@ const TABLES: [Table; 7] = {
                 ("user_id", Text),
                 ("api_id", Text),
                 ("credential_id", Text),
-                ("request", Text),
                 ("state", Text),
                 ("http_status", Int),
                 ("response", Text),
@@ -1631,6 +1642,12 @@ const TABLES: [Table; 7] = {
                 ("images", Int),
                 ("failed_images", Int),
             ],
+        },
+        Table {
+            name: "task_requests",
+            key: "task_id",
+            identity: false,
+            columns: &[("task_id", Text), ("request", Text)],
         },
         Table {
             name: "callbacks",

@@ -91,7 +91,7 @@ fn assert_counts(summary: &Value, expected: &[(&str, i64)]) {
     }
     assert_eq!(
         summary["tables"].as_object().map(|t| t.len()),
-        Some(7),
+        Some(8),
         "every table: {summary}"
     );
 }
@@ -231,6 +231,7 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
             ("applications", 2),
             ("tokens", 2),
             ("tasks", 3),
+            ("task_requests", 3),
             ("callbacks", 1),
             ("callback_attempts", 1),
             ("idempotency_keys", 1),
@@ -469,4 +470,85 @@ async fn bad_urls_are_refused_with_a_clear_message() {
         !dir.path().join("nowhere").exists() && !dir.path().join("nano-banana.db").exists(),
         "no database file was created by a refused copy"
     );
+}
+
+/// A task as a version before `task_requests` wrote it: its request in the `tasks` row.
+const OLD_TASK: &str = "\
+    INSERT INTO applications (id, name, user_id, credits, created_at) VALUES ('app', 'old', 'u', 0, 0);
+    INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, request, state,
+        created_at, run_at)
+    VALUES ('task', 'trace', 'app', 'u', 'api', 'token', '{\"prompt\":\"kept\"}', 'pending', 0, 0);";
+
+/// The migrations of `folder` before the one that moved requests out of `tasks`.
+async fn migrations_before_task_requests(
+    folder: &str,
+) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+    let old = tempfile::tempdir().expect("a temporary folder");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    for entry in std::fs::read_dir(&source).expect("the migrations folder") {
+        let path = entry.expect("a migration").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !name.contains("task_requests") {
+            std::fs::copy(&path, old.path().join(name)).expect("copy a migration");
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path())
+        .await
+        .expect("the old migrations");
+    (old, migrator)
+}
+
+/// Makes `$pool`'s database what the earlier version left: its schema and `OLD_TASK`.
+macro_rules! old_database {
+    ($pool:expr, $folder:expr) => {{
+        let (_old, migrator) = migrations_before_task_requests($folder).await;
+        migrator.run(&$pool).await.expect("the old schema");
+        sqlx::raw_sql(OLD_TASK)
+            .execute(&$pool)
+            .await
+            .expect("an old task");
+        $pool.close().await;
+    }};
+}
+
+/// Opening a database of the earlier version with this one keeps every task's request.
+async fn assert_upgrade_keeps_the_request(url: &str) {
+    let db = nano_banana::storage::Db::connect(url)
+        .await
+        .expect("the upgraded database");
+    let task = db
+        .get_task("task", "app")
+        .await
+        .expect("a query")
+        .expect("the task");
+    assert_eq!(task.request, "{\"prompt\":\"kept\"}");
+    assert_eq!(task.state, "pending");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn upgrading_a_sqlite_database_keeps_every_tasks_request() {
+    use std::str::FromStr;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .expect("a SQLite URL")
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("SQLite");
+    old_database!(pool, "migrations/sqlite");
+    assert_upgrade_keeps_the_request(&url).await;
+}
+
+#[tokio::test]
+async fn upgrading_a_postgresql_database_keeps_every_tasks_request() {
+    let url = fresh_postgres_schema().await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("PostgreSQL");
+    old_database!(pool, "migrations/postgres");
+    assert_upgrade_keeps_the_request(&url).await;
 }
