@@ -245,15 +245,16 @@ macro_rules! insert_rows {
     }};
 }
 
-/// SQLite's usual admission (no idempotency key) as one batch of statements in the write
-/// transaction: reserve the credits if the balance and the concurrency limit allow, then write
-/// the task and the ledger entry only if that reservation happened (`changes()`). One trip to the
-/// connection's thread instead of five (BENCHMARKS.md, S4). `false`: refused, nothing written;
-/// `admit_task`'s step-by-step path then finds out why.
+/// SQLite's usual admission (no idempotency key) as one batch of statements, transaction
+/// included: reserve the credits if the balance and the concurrency limit allow, then write the
+/// task and the ledger entry only if that reservation happened (`changes()`). One trip to the
+/// connection's thread instead of seven (BENCHMARKS.md, S1 and S4). `false`: refused, nothing
+/// written; `admit_task`'s step-by-step path then finds out why.
 async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, DbError> {
-    let mut tx = writer.begin_write().await?;
+    let mut connection = writer.acquire().await?;
     let batch = sqlx::query(
-        "UPDATE applications SET credits = credits - $11 \
+        "BEGIN IMMEDIATE; \
+         UPDATE applications SET credits = credits - $11 \
          WHERE id = $3 AND credits >= $11 AND (max_concurrent IS NULL OR max_concurrent > \
              (SELECT COUNT(*) FROM tasks \
               WHERE application_id = $3 AND state IN ('pending', 'processing'))); \
@@ -263,15 +264,24 @@ async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, 
          WHERE changes() = 1 RETURNING id; \
          INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
          INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
-         SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0;",
+         SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0; \
+         COMMIT;",
     );
-    let inserted = bind_new_task!(batch, task).fetch_all(&mut *tx).await?;
-    if inserted.is_empty() {
-        tx.rollback().await?;
-        return Ok(false);
+    match bind_new_task!(batch, task)
+        .fetch_all(&mut *connection)
+        .await
+    {
+        Ok(inserted) => Ok(!inserted.is_empty()),
+        Err(e) => {
+            // The batch stopped inside its transaction: end it before the connection is used
+            // again, or close the connection if even that fails.
+            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
+                tracing::warn!(error = %rollback, "closing a connection after a failed admission");
+                drop(connection.detach());
+            }
+            Err(e.into())
+        }
     }
-    tx.commit().await?;
-    Ok(true)
 }
 
 /// A transaction that will write after it has read: see the module documentation.
@@ -1123,31 +1133,44 @@ impl Db {
         owner: &str,
         done: &Completion<'_>,
     ) -> Result<bool, DbError> {
+        let state = if done.succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        // Charge only the images made: each cost reserved / requested images.
+        macro_rules! settle {
+            () => {
+                sqlx::query(
+                    "UPDATE tasks SET state = $3, http_status = $4, response = $5, \
+                         finished_at = $6, lease_owner = NULL, lease_until = NULL, images = $7, \
+                         failed_images = $8, \
+                         charged = CASE WHEN $7 + $8 > 0 THEN reserved * $7 / ($7 + $8) ELSE 0 END \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'processing' \
+                     RETURNING application_id, reserved, charged",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(state)
+                .bind(i64::from(done.http_status))
+                .bind(done.response)
+                .bind(done.now)
+                .bind(done.images)
+                .bind(done.failed_images)
+            };
+        }
+        // Every image made (nothing to refund) and no callback to queue: on SQLite the fenced
+        // UPDATE is the whole write, one trip instead of three.
+        if let Pool::Sqlite { writer, .. } = &self.pool
+            && done.callback_url.is_none()
+            && done.images > 0
+            && done.failed_images == 0
+        {
+            return Ok(settle!().fetch_optional(writer).await?.is_some());
+        }
         on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
-            let state = if done.succeeded {
-                "succeeded"
-            } else {
-                "failed"
-            };
-            // Charge only the images made: each cost reserved / requested images.
-            let updated = sqlx::query(
-                "UPDATE tasks SET state = $3, http_status = $4, response = $5, finished_at = $6, \
-                     lease_owner = NULL, lease_until = NULL, images = $7, failed_images = $8, \
-                     charged = CASE WHEN $7 + $8 > 0 THEN reserved * $7 / ($7 + $8) ELSE 0 END \
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'processing' \
-                 RETURNING application_id, reserved, charged",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(state)
-            .bind(i64::from(done.http_status))
-            .bind(done.response)
-            .bind(done.now)
-            .bind(done.images)
-            .bind(done.failed_images)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let updated = settle!().fetch_optional(&mut *tx).await?;
             let Some(settled) = updated else {
                 tx.rollback().await?;
                 return Ok(false);

@@ -466,3 +466,56 @@ async fn credits_stay_exact_with_concurrent_partial_failures() {
     );
     assert!(images > 0);
 }
+
+/// An admission that fails halfway (here: a task id used twice) takes nothing: the reservation
+/// made before the failure is rolled back, and the database connection works on.
+#[tokio::test]
+async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
+    use nano_banana::storage::{Db, db::Admission, db::NewTask};
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let db = Db::connect(&url).await.expect("a database");
+    let created = db
+        .create_first_application("app", "user", 100, "token", "hash", "nb-", 0)
+        .await
+        .expect("an application");
+    assert!(created);
+    let task = |id: &'static str| NewTask {
+        id,
+        trace_id: "trace",
+        application_id: "app",
+        user_id: "user",
+        api_id: "api",
+        credential_id: "token",
+        request: "{}",
+        callback_url: None,
+        model: "nano-banana",
+        reserved: 10,
+        now: 1,
+    };
+    let credits = || async {
+        let app = db.get_application("app").await.expect("a query");
+        let app = app.expect("the application");
+        (app.credits, app.ledger_sum)
+    };
+    assert_eq!(
+        db.admit_task(&task("one"), None).await.expect("admitted"),
+        Admission::Inserted
+    );
+    assert_eq!(credits().await, (90, 90));
+    assert!(
+        db.admit_task(&task("one"), None).await.is_err(),
+        "the id is taken"
+    );
+    assert_eq!(
+        credits().await,
+        (90, 90),
+        "nothing reserved by the failed admission"
+    );
+    assert_eq!(
+        db.admit_task(&task("two"), None).await.expect("admitted"),
+        Admission::Inserted
+    );
+    assert_eq!(credits().await, (80, 80));
+    db.close().await;
+}
