@@ -248,7 +248,7 @@ macro_rules! insert_rows {
 /// SQLite's usual admission (no idempotency key) as one batch of statements, transaction
 /// included: reserve the credits if the balance and the concurrency limit allow, then write the
 /// task and the ledger entry only if that reservation happened (`changes()`). One trip to the
-/// connection's thread instead of seven (BENCHMARKS.md, S1 and S4). `false`: refused, nothing
+/// connection's thread instead of six (BENCHMARKS.md, S1 and S4). `false`: refused, nothing
 /// written; `admit_task`'s step-by-step path then finds out why.
 async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, DbError> {
     let mut connection = writer.acquire().await?;
