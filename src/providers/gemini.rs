@@ -16,6 +16,7 @@
 //! The response is parsed into structs whose every field is optional and whose enums are plain
 //! strings, so new finish reasons, new fields or missing ones never make an answer unreadable.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -470,18 +471,22 @@ impl<'a> GenerateContentRequest<'a> {
 // ---------------------------------------------------------------------------------------------
 // Success answers
 
+// The image's base64 (megabytes) is borrowed from the response body rather than copied into a
+// `String`; the structs carry the body's lifetime for that (BENCHMARKS.md, S2).
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct GenerateContentResponse {
-    candidates: Option<Vec<Candidate>>,
+struct GenerateContentResponse<'a> {
+    #[serde(borrow)]
+    candidates: Option<Vec<Candidate<'a>>>,
     #[serde(alias = "prompt_feedback")]
     prompt_feedback: Option<PromptFeedback>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct Candidate {
-    content: Option<Content>,
+struct Candidate<'a> {
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
     #[serde(alias = "finish_reason")]
     finish_reason: Option<String>,
     #[serde(alias = "finish_message")]
@@ -490,25 +495,28 @@ struct Candidate {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Content {
-    parts: Option<Vec<Part>>,
+struct Content<'a> {
+    #[serde(borrow)]
+    parts: Option<Vec<Part<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct Part {
+struct Part<'a> {
     text: Option<String>,
     thought: Option<bool>,
-    #[serde(alias = "inline_data")]
-    inline_data: Option<Blob>,
+    #[serde(alias = "inline_data", borrow)]
+    inline_data: Option<Blob<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct Blob {
+struct Blob<'a> {
     #[serde(alias = "mime_type")]
     mime_type: Option<String>,
-    data: Option<String>,
+    /// Borrowed unless the JSON string has escapes (then serde hands over an owned copy).
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1338,6 +1346,21 @@ mod tests {
         .unwrap();
         assert_eq!(&image.bytes[..], b"last!");
         assert_eq!(image.mime_type, "image/webp");
+    }
+
+    #[test]
+    fn image_data_with_json_escapes_is_read_like_plain_data() {
+        // `/` may be sent as `\/` (a JSON escape some proxies use): the image data is then not
+        // borrowed from the body but unescaped into a copy, with the same bytes.
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let plain = general_purpose::STANDARD.encode(&bytes);
+        assert!(plain.contains('/'));
+        let escaped = plain.replace('/', "\\/");
+        let body = format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"inlineData":{{"mimeType":"image/png","data":"{escaped}"}}}}]}}}}]}}"#
+        );
+        let image = parse_success(body.as_bytes()).unwrap();
+        assert_eq!(&image.bytes[..], &bytes[..]);
     }
 
     #[test]
