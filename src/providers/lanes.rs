@@ -94,44 +94,62 @@ impl Lanes {
     /// A lane for one call: the first with room, or a new one. If a new client cannot be built
     /// (it could be at startup, so this is not expected), the least busy lane takes the call.
     pub fn acquire(&self) -> LaneGuard {
-        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        let roomy = lanes
+        if let Some(guard) = self.take_roomy(&self.lock()) {
+            return guard;
+        }
+        // Every lane is full. The new client is built outside the lock (it loads the root
+        // certificates), so calls that find room elsewhere meanwhile do not wait for it.
+        let built = (self.build)();
+        let mut lanes = self.lock();
+        // Another call may have opened a lane in the meantime: use it, drop ours.
+        if let Some(guard) = self.take_roomy(&lanes) {
+            return guard;
+        }
+        let lane = match built {
+            Ok(client) => {
+                let lane = Arc::new(Lane {
+                    client,
+                    in_flight: AtomicUsize::new(0),
+                });
+                lanes.push(lane.clone());
+                tracing::debug!(lanes = lanes.len(), "opened another upstream lane");
+                lane
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not open another upstream lane");
+                lanes
+                    .iter()
+                    .min_by_key(|lane| lane.in_flight.load(Ordering::Acquire))
+                    .cloned()
+                    .unwrap_or_else(|| lanes[0].clone())
+            }
+        };
+        take(lane)
+    }
+
+    /// The first lane with room, taken; called with the lock held so that two calls cannot
+    /// both take a lane's last place.
+    fn take_roomy(&self, lanes: &[Arc<Lane>]) -> Option<LaneGuard> {
+        lanes
             .iter()
             .find(|lane| lane.in_flight.load(Ordering::Acquire) < self.per_lane)
-            .cloned();
-        let lane = match roomy {
-            Some(lane) => lane,
-            None => match (self.build)() {
-                Ok(client) => {
-                    let lane = Arc::new(Lane {
-                        client,
-                        in_flight: AtomicUsize::new(0),
-                    });
-                    lanes.push(lane.clone());
-                    tracing::debug!(lanes = lanes.len(), "opened another upstream lane");
-                    lane
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not open another upstream lane");
-                    lanes
-                        .iter()
-                        .min_by_key(|lane| lane.in_flight.load(Ordering::Acquire))
-                        .cloned()
-                        .unwrap_or_else(|| lanes[0].clone())
-                }
-            },
-        };
-        lane.in_flight.fetch_add(1, Ordering::AcqRel);
-        LaneGuard { lane }
+            .cloned()
+            .map(take)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Lane>>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many lanes (clients, hence connections over HTTP/2) exist.
     pub fn count(&self) -> usize {
-        self.lanes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.lock().len()
     }
+}
+
+fn take(lane: Arc<Lane>) -> LaneGuard {
+    lane.in_flight.fetch_add(1, Ordering::AcqRel);
+    LaneGuard { lane }
 }
 
 #[cfg(test)]
