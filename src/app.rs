@@ -12,7 +12,10 @@ use crate::{
     config::{Config, UpstreamConfig},
     domain::{Model, RequestLimits},
     fetch::Fetcher,
-    http::{self, AppState, auth::token_hash},
+    http::{
+        self, AppState,
+        auth::{TokenCache, token_hash},
+    },
     limits::{RateLimiter, RedisLimiter},
     providers::{
         ImageProvider, Route, Routes,
@@ -97,6 +100,7 @@ impl Application {
             },
             rate_limiter: Arc::new(build_rate_limiter(&config).await?),
             admin_key: config.admin_key.as_deref().map(Arc::from),
+            tokens: Arc::new(TokenCache::new(config.token_cache)),
         };
         Ok(Application {
             listener,

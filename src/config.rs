@@ -209,6 +209,10 @@ pub struct ServeArgs {
     )]
     pub bootstrap_token: Option<String>,
 
+    /// How long a bearer token's lookup is reused, in seconds; 0: every request reads the database. The admin API empties this process's copy at once; other nodes see a revoked token or a disabled application within this time [default: 5]
+    #[arg(long, env = "NANO_BANANA_TOKEN_CACHE", value_name = "SECONDS")]
+    pub token_cache: Option<u64>,
+
     /// A running task's lease: if its process dies, another takes the task over after this [default: 30]
     #[arg(long, env = "NANO_BANANA_TASK_LEASE", value_name = "SECONDS")]
     pub task_lease: Option<u64>,
@@ -308,6 +312,8 @@ pub struct Config {
     /// How long a claimed task's lease lasts without renewal; a dead process's tasks are re-run
     /// after this. Renewed every third of it.
     pub lease: Duration,
+    /// How long a token lookup is reused (`ZERO`: never).
+    pub token_cache: Duration,
     /// How often idle workers look for due work even without a wake-up signal.
     pub poll_interval: Duration,
 }
@@ -390,6 +396,7 @@ impl Config {
             admin_key: None,
             redis: None,
             lease: Duration::from_secs(30),
+            token_cache: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -518,6 +525,9 @@ impl Config {
                 bail!("--task-lease must be at least 1 second");
             }
             config.lease = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(token_cache) {
+            config.token_cache = Duration::from_secs(s);
         }
         if let Some(s) = take!(shutdown_grace) {
             config.shutdown_grace = Duration::from_secs(s);

@@ -76,7 +76,11 @@ async fn run(
     let admin = Admin {
         db: state.tasks.db(),
     };
-    admin.run(&command).await.map(Json).map_err(|e| match e {
+    let outcome = admin.run(&command).await;
+    // Tokens and applications may have changed (revoked, disabled, new limits): the next
+    // request of every token reads them again.
+    state.tokens.clear();
+    outcome.map(Json).map_err(|e| match e {
         AdminError::NotFound(message) => HttpError::code(trace_id, ErrorCode::NoApi, message),
         AdminError::Invalid(message) => HttpError::code(trace_id, ErrorCode::BadRequest, message),
         AdminError::Db(e) => {

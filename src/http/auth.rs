@@ -2,14 +2,76 @@
 //! to the calling application, or answers with the contract's token errors. Tokens are looked up
 //! by their SHA-256 hash; the token itself is never stored or logged.
 
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
 use axum::{extract::FromRequestParts, http::request::Parts};
 use sha2::{Digest, Sha256};
 
 use super::{AppState, TraceId, error::HttpError};
 use crate::{
     api::{ApiError, ErrorCode},
+    storage::db::TokenRow,
     tasks::{Caller, IMAGES_API_ID, now_ms},
 };
+
+/// Token lookups (the token's row and its application's) reused for a short time, by token hash:
+/// a request then costs no database read before its admission (BENCHMARKS.md, S1). What is
+/// reused is checked again on every request (revoked, expired, disabled), so the cache only
+/// delays what changes elsewhere: the admin API empties it in this process, and other nodes
+/// see a change within `ttl`.
+pub struct TokenCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, TokenRow)>>,
+}
+
+/// The most tokens remembered; past it, the stale ones are dropped (all of them if none is).
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+
+impl TokenCache {
+    /// `ttl` zero: nothing is remembered.
+    pub fn new(ttl: Duration) -> TokenCache {
+        TokenCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<TokenRow> {
+        let entries = self.lock();
+        let (at, row) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| row.clone())
+    }
+
+    fn put(&self, hash: String, row: &TokenRow) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= TOKEN_CACHE_ENTRIES {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if entries.len() >= TOKEN_CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (Instant::now(), row.clone()));
+    }
+
+    /// Forgets every lookup: after the admin API changed tokens or applications.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, TokenRow)>> {
+        // Single inserts, removes and clears: a panic elsewhere cannot leave the map half-done.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// The caller of an API route, authenticated.
 pub struct Authenticated(pub Caller);
@@ -58,15 +120,23 @@ impl FromRequestParts<AppState> for Authenticated {
             ));
         };
 
-        let row = match state.tasks.db().find_token(&token_hash(token)).await {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::error!(error = %e, trace_id = %trace_id, "token lookup failed");
-                return Err(HttpError::new(&trace_id, ApiError::internal()));
-            }
-        };
-        let Some(row) = row else {
-            return Err(fail(ErrorCode::InvalidToken, "The token is invalid."));
+        let hash = token_hash(token);
+        let row = match state.tokens.get(&hash) {
+            Some(row) => row,
+            None => match state.tasks.db().find_token(&hash).await {
+                Ok(Some(row)) => {
+                    state.tokens.put(hash, &row);
+                    row
+                }
+                // Unknown tokens are not remembered: a token made on another node works at once.
+                Ok(None) => {
+                    return Err(fail(ErrorCode::InvalidToken, "The token is invalid."));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, trace_id = %trace_id, "token lookup failed");
+                    return Err(HttpError::new(&trace_id, ApiError::internal()));
+                }
+            },
         };
         if row.revoked {
             return Err(fail(ErrorCode::InvalidToken, "The token is invalid."));

@@ -35,6 +35,8 @@ pub struct AppState {
     pub rate_limiter: Arc<crate::limits::RateLimiter>,
     /// `None`: the admin API is off.
     pub admin_key: Option<Arc<str>>,
+    /// Token lookups reused for a few seconds.
+    pub tokens: Arc<auth::TokenCache>,
 }
 
 /// The request's trace id, set by the middleware before any handler runs.

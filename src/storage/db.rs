@@ -101,8 +101,8 @@ macro_rules! on_writer {
     };
 }
 
-/// Binds a `NewTask` as `$1`…`$11` of a task insert (id, trace_id, application_id, user_id,
-/// api_id, credential_id, request, callback_url, now, model, reserved).
+/// Binds a `NewTask` as `$1`…`$13` of a task insert (id, trace_id, application_id, user_id,
+/// api_id, credential_id, request, callback_url, now, model, reserved, lease owner, lease end).
 macro_rules! bind_new_task {
     ($query:expr, $task:expr) => {
         $query
@@ -117,6 +117,26 @@ macro_rules! bind_new_task {
             .bind($task.now)
             .bind($task.model)
             .bind($task.reserved)
+            .bind($task.claim.map(|c| c.owner))
+            .bind($task.claim.map(|c| c.until))
+    };
+}
+
+/// The columns of a task row written at admission, and (`new_task_values!`) their values from
+/// `bind_new_task!`'s parameters: queued (`pending`), or already claimed by `$12` until `$13`
+/// when the admitting process runs it at once.
+macro_rules! new_task_columns {
+    () => {
+        "(id, trace_id, application_id, user_id, api_id, credential_id, state, callback_url, \
+          created_at, run_at, model, reserved, attempts, started_at, lease_owner, lease_until)"
+    };
+}
+
+macro_rules! new_task_values {
+    () => {
+        "$1, $2, $3, $4, $5, $6, CASE WHEN $12 IS NULL THEN 'pending' ELSE 'processing' END, \
+         $8, $9, $9, $10, $11, CASE WHEN $12 IS NULL THEN 0 ELSE 1 END, \
+         CASE WHEN $12 IS NULL THEN NULL ELSE $9 END, $12, $13"
     };
 }
 
@@ -252,21 +272,22 @@ macro_rules! insert_rows {
 /// written; `admit_task`'s step-by-step path then finds out why.
 async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, DbError> {
     let mut connection = writer.acquire().await?;
-    let batch = sqlx::query(
+    let batch = sqlx::query(concat!(
         "BEGIN IMMEDIATE; \
          UPDATE applications SET credits = credits - $11 \
          WHERE id = $3 AND credits >= $11 AND (max_concurrent IS NULL OR max_concurrent > \
              (SELECT COUNT(*) FROM tasks \
               WHERE application_id = $3 AND state IN ('pending', 'processing'))); \
-         INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-             state, callback_url, created_at, run_at, model, reserved) \
-         SELECT $1, $2, $3, $4, $5, $6, 'pending', $8, $9, $9, $10, $11 \
-         WHERE changes() = 1 RETURNING id; \
+         INSERT INTO tasks ",
+        new_task_columns!(),
+        " SELECT ",
+        new_task_values!(),
+        " WHERE changes() = 1 RETURNING id; \
          INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
          INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
          SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0; \
          COMMIT;",
-    );
+    ));
     match bind_new_task!(batch, task)
         .fetch_all(&mut *connection)
         .await
@@ -364,6 +385,16 @@ pub struct NewTask<'a> {
     /// Credits reserved for the worst case (every image succeeds).
     pub reserved: i64,
     pub now: i64,
+    /// Written already claimed (`processing`, leased, first attempt): the admitting process has
+    /// a free worker and runs the task at once, without a trip through the queue.
+    pub claim: Option<Claim<'a>>,
+}
+
+/// The lease of a task claimed at admission.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub owner: &'a str,
+    pub until: i64,
 }
 
 /// What happened to a task offered to the queue.
@@ -996,18 +1027,26 @@ impl Db {
             // The task and its request (`$7`) in one statement: PostgreSQL wants every bound
             // parameter used, and SQLite runs the two statements in one trip.
             let insert = sqlx::query(if pg {
-                "WITH task AS (INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, \
-                     credential_id, state, callback_url, created_at, run_at, model, reserved) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $8, $9, $9, $10, $11) RETURNING id) \
-                 INSERT INTO task_requests (task_id, request) SELECT id, $7 FROM task"
+                concat!(
+                    "WITH task AS (INSERT INTO tasks ",
+                    new_task_columns!(),
+                    " VALUES (",
+                    new_task_values!(),
+                    ") RETURNING id) \
+                     INSERT INTO task_requests (task_id, request) SELECT id, $7 FROM task"
+                )
             } else {
-                "INSERT INTO tasks (id, trace_id, application_id, user_id, api_id, credential_id, \
-                     state, callback_url, created_at, run_at, model, reserved) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $8, $9, $9, $10, $11); \
-                 INSERT INTO task_requests (task_id, request) VALUES ($1, $7)"
+                concat!(
+                    "INSERT INTO tasks ",
+                    new_task_columns!(),
+                    " VALUES (",
+                    new_task_values!(),
+                    "); INSERT INTO task_requests (task_id, request) VALUES ($1, $7)"
+                )
             });
             bind_new_task!(insert, task).execute(&mut *tx).await?;
-            if pg {
+            // A task claimed at admission is not for the queue.
+            if pg && task.claim.is_none() {
                 // Delivered at commit: idle workers on every node look for work.
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(QUEUED_CHANNEL)

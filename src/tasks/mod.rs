@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{
     api::{self, ApiError, ErrorCode, TaskState},
@@ -22,7 +22,7 @@ use crate::{
     providers::Routes,
     storage::{
         Db, ImageStore,
-        db::{Admission, Event, NewTask, TaskRow},
+        db::{Admission, Claim, ClaimedTask, Event, NewTask, TaskRow},
     },
 };
 
@@ -119,8 +119,12 @@ pub struct Tasks {
     task_queued: Notify,
     /// Wakes the callback deliverer when a callback is queued.
     callback_queued: Notify,
-    /// Bounds the tasks running at once in this process.
+    /// Bounds the tasks running at once in this process. Closed when the workers stop, so
+    /// no task is claimed at admission after that.
     slots: Arc<Semaphore>,
+    /// Tasks claimed at admission, with their slot, for the workers' loop to run.
+    handoff: mpsc::UnboundedSender<(ClaimedTask, OwnedSemaphorePermit)>,
+    handed_off: Mutex<Option<mpsc::UnboundedReceiver<(ClaimedTask, OwnedSemaphorePermit)>>>,
 }
 
 impl Tasks {
@@ -134,6 +138,7 @@ impl Tasks {
         public_base_url: String,
     ) -> Arc<Tasks> {
         let slots = Arc::new(Semaphore::new(settings.workers));
+        let (handoff, handed_off) = mpsc::unbounded_channel();
         Arc::new(Tasks {
             db,
             store,
@@ -148,6 +153,8 @@ impl Tasks {
             task_queued: Notify::new(),
             callback_queued: Notify::new(),
             slots,
+            handoff,
+            handed_off: Mutex::new(Some(handed_off)),
         })
     }
 
@@ -224,6 +231,10 @@ impl Tasks {
         let receiver = sync.then(|| self.register_waiter(&task_id));
         let request_json = body.to_string();
         let now = now_ms();
+        // A free worker here: the task is written already claimed and runs at once, which
+        // saves the claim's trip to the database and a worker wake-up (BENCHMARKS.md, S1).
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        let lease_until = now + self.settings.lease.as_millis() as i64;
         let reserved =
             i64::from(request.count) * self.prices.unit(request.model, request.resolution);
         let task = NewTask {
@@ -238,6 +249,10 @@ impl Tasks {
             model: request.model.name(),
             reserved,
             now,
+            claim: slot.as_ref().map(|_| Claim {
+                owner: &self.owner,
+                until: lease_until,
+            }),
         };
         // serde_json sorts object keys, so equal bodies hash equal whatever their order.
         let hash = idempotency_key.map(|_| crate::http::auth::token_hash(&request_json));
@@ -288,7 +303,24 @@ impl Tasks {
             }
         }
         tracing::info!(task_id = %task_id, model = request.model.name(), count = request.count, "task accepted");
-        self.task_queued.notify_one();
+        match slot {
+            Some(slot) => {
+                let claimed = ClaimedTask {
+                    id: task_id.clone(),
+                    trace_id: trace_id.to_owned(),
+                    callback_url: request.callback_url.clone(),
+                    request: request_json,
+                    attempts: 1,
+                    created_at: now,
+                };
+                // The workers' loop runs it (and waits for it at shutdown). If the loop has
+                // stopped, the task keeps its lease until it expires, then runs again.
+                if self.handoff.send((claimed, slot)).is_err() {
+                    tracing::warn!(task_id = %task_id, "workers stopped; the task waits for its lease to expire");
+                }
+            }
+            None => self.task_queued.notify_one(),
+        }
         Ok(Submitted {
             task_id,
             receiver,

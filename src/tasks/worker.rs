@@ -10,7 +10,7 @@ use std::{
 use futures_util::future::join_all;
 use rand::Rng;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::{TaskResult, Tasks, image_error, now_ms};
 use crate::{
@@ -20,69 +20,115 @@ use crate::{
     storage::{ImageStore, db::ClaimedTask, db::Completion},
 };
 
-/// Claims and runs tasks until `shutdown`; then waits up to `grace` for running tasks and puts
-/// the unfinished ones back in the queue.
+/// Claims and runs tasks until `shutdown`, with the tasks claimed at admission (handed over by
+/// `Tasks::submit`); then waits up to `grace` for running tasks and puts the unfinished ones back
+/// in the queue.
 pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let handed_off = tasks
+        .handed_off
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let Some(mut handed_off) = handed_off else {
+        tracing::error!("the workers were started twice; the second start does nothing");
+        return;
+    };
     let mut running = tokio::task::JoinSet::new();
+    let spawn = |running: &mut tokio::task::JoinSet<()>, task, permit| {
+        let tasks = tasks.clone();
+        running.spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            execute(tasks, task).await;
+        });
+    };
+    let mut claim = true;
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let free = tasks.slots.available_permits();
+        // The slots first, then the claim: an admission that takes a slot meanwhile cannot
+        // leave a claimed task without one.
+        let mut slots = Vec::new();
         let mut claimed_all = false;
-        if free > 0 {
+        if claim {
+            while slots.len() < 32 {
+                match tasks.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !slots.is_empty() {
             match tasks
                 .db
-                .claim_tasks(&tasks.owner, tasks.settings.lease, free.min(32), now_ms())
+                .claim_tasks(&tasks.owner, tasks.settings.lease, slots.len(), now_ms())
                 .await
             {
                 Ok(claimed) => {
-                    claimed_all = claimed.len() == free.min(32);
-                    for task in claimed {
-                        let Ok(permit) = tasks.slots.clone().try_acquire_owned() else {
-                            // Cannot happen (we claimed at most the free slots); if it does,
-                            // the lease simply expires and the task runs again later.
-                            break;
-                        };
-                        let tasks = tasks.clone();
-                        running.spawn(async move {
-                            let _permit = permit;
-                            execute(tasks, task).await;
-                        });
+                    claimed_all = claimed.len() == slots.len();
+                    for (task, slot) in claimed.into_iter().zip(slots.drain(..)) {
+                        spawn(&mut running, task, slot);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not claim tasks"),
             }
         }
+        // Slots left unused go back now.
+        drop(slots);
         // Reap finished executions so the set does not grow.
         while running.try_join_next().is_some() {}
         if claimed_all {
             continue;
         }
+        let busy = tasks.slots.available_permits() == 0;
+        claim = true;
         tokio::select! {
+            Some((task, slot)) = handed_off.recv() => {
+                spawn(&mut running, task, slot);
+                // Nothing new in the queue: no claim for this wake-up.
+                claim = false;
+            }
             _ = tasks.task_queued.notified() => {}
-            _ = tasks.slot_freed(), if free == 0 => {}
+            _ = tasks.slot_freed(), if busy => {}
             _ = tokio::time::sleep(tasks.settings.poll_interval) => {}
             _ = shutdown.changed() => {}
         }
     }
-    if !running.is_empty() {
+    // No more claims at admission; those under way still arrive here and run.
+    tasks.slots.close();
+    let workers = tasks.settings.workers;
+    if !running.is_empty() || tasks.slots.available_permits() < workers {
         tracing::info!(
             running = running.len(),
             "waiting for running tasks to finish"
         );
-        let drained = tokio::time::timeout(grace, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            running.abort_all();
-            while running.join_next().await.is_some() {}
-            // Whatever was still running goes back to the queue for the next start (or another
-            // process); nothing was recorded for it, so nothing is half-written.
-            if let Err(e) = tasks.release_my_tasks().await {
-                tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire");
+    }
+    let drained = tokio::time::timeout(grace, async {
+        loop {
+            while let Ok((task, slot)) = handed_off.try_recv() {
+                spawn(&mut running, task, slot);
             }
+            // Every slot back: nothing runs, and no admission holds one to hand over.
+            if running.is_empty() && tasks.slots.available_permits() >= workers {
+                return;
+            }
+            tokio::select! {
+                Some(_) = running.join_next() => {}
+                Some((task, slot)) = handed_off.recv() => spawn(&mut running, task, slot),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        handed_off.close();
+        while handed_off.try_recv().is_ok() {}
+        // Whatever was still running goes back to the queue for the next start (or another
+        // process); nothing was recorded for it, so nothing is half-written.
+        if let Err(e) = tasks.release_my_tasks().await {
+            tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire");
         }
     }
 }

@@ -1,8 +1,14 @@
 //! Tokens on every API route; trace ids and `no_api` everywhere.
 
+use std::time::Duration;
+
+use nano_banana::{
+    admin::{Admin, AdminCommand, TokensCommand},
+    storage::Db,
+};
 use serde_json::json;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_missing_token_is_no_token() {
@@ -119,4 +125,56 @@ async fn metrics_cover_the_queue_upstream_and_callbacks() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Revokes every token straight in the database, as another node or the admin CLI would: this
+/// process is not told.
+async fn revoke_all_elsewhere(app: &TestApp) {
+    let db = Db::connect(app.database_url()).await.expect("the database");
+    let admin = Admin { db: &db };
+    let list = TokensCommand::List {
+        application_id: None,
+    };
+    let listed = admin
+        .run(&AdminCommand::Tokens(list))
+        .await
+        .expect("tokens listed");
+    for token in listed["tokens"].as_array().expect("a list") {
+        let id = token["id"].as_str().expect("an id").to_owned();
+        admin
+            .run(&AdminCommand::Tokens(TokensCommand::Revoke { id }))
+            .await
+            .expect("revoked");
+    }
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_token_revoked_elsewhere_is_refused_once_its_cached_lookup_expires() {
+    let lookup = json!({"id": "nope"});
+    // No cache: refused at once.
+    let app = spawn_app_with(|c| c.token_cache = Duration::ZERO).await;
+    assert_eq!(app.post_tasks(lookup.clone()).await.status, 200);
+    revoke_all_elsewhere(&app).await;
+    assert_error(&app.post_tasks(lookup.clone()).await, 401, "invalid_token");
+
+    // A one-second cache: refused once the second has passed.
+    let app = spawn_app_with(|c| c.token_cache = Duration::from_secs(1)).await;
+    assert_eq!(app.post_tasks(lookup.clone()).await.status, 200);
+    revoke_all_elsewhere(&app).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_error(&app.post_tasks(lookup.clone()).await, 401, "invalid_token");
+
+    // A long cache: the lookup is reused until this process's admin API is used.
+    let app = spawn_app_with(|c| {
+        c.token_cache = Duration::from_secs(600);
+        c.admin_key = Some("admin-key-for-the-test".into());
+    })
+    .await;
+    assert_eq!(app.post_tasks(lookup.clone()).await.status, 200);
+    revoke_all_elsewhere(&app).await;
+    assert_eq!(app.post_tasks(lookup.clone()).await.status, 200);
+    let listed = app.admin(reqwest::Method::GET, "/admin/tokens", None).await;
+    assert_eq!(listed.status, 200);
+    assert_error(&app.post_tasks(lookup).await, 401, "invalid_token");
 }

@@ -492,6 +492,7 @@ async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
         model: "nano-banana",
         reserved: 10,
         now: 1,
+        claim: None,
     };
     let credits = || async {
         let app = db.get_application("app").await.expect("a query");

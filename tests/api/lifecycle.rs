@@ -107,3 +107,40 @@ async fn a_sync_task_finishes_after_its_client_disconnects() {
     );
     assert_eq!(fake.request_count(), 1);
 }
+
+/// With a worker free, an accepted task is written already claimed and runs at once (no trip
+/// through the queue); with every worker busy it is queued, and runs when the worker frees.
+#[tokio::test]
+async fn a_task_is_claimed_at_admission_when_a_worker_is_free_and_queued_otherwise() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(1500)));
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(100)));
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        crate::helpers::use_gemini(c, &base_url, "k");
+        c.workers = 1;
+    })
+    .await;
+    let body = json!({"prompt": "one worker", "async": true});
+    let first = app.post_images(body.clone()).await;
+    let first = first.body["task_id"].as_str().unwrap().to_owned();
+    let second = app.post_images(body).await;
+    let second = second.body["task_id"].as_str().unwrap().to_owned();
+    let record = app.post_tasks(json!({"id": first})).await.body;
+    assert_eq!(
+        record["state"], "processing",
+        "claimed at admission: {record}"
+    );
+    let record = app.post_tasks(json!({"id": second})).await.body;
+    assert_eq!(
+        record["state"], "pending",
+        "queued behind the busy worker: {record}"
+    );
+    for id in [first, second] {
+        let record = app.wait_for_task(&id).await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+    }
+    assert_eq!(fake.request_count(), 2);
+}
