@@ -62,8 +62,35 @@ struct FakeGeminiArgs {
 /// (BENCHMARKS.md, S3), where a few dozen keep two cores just as busy.
 const MAX_BLOCKING_THREADS: usize = 128;
 
+/// glibc's malloc gives each buffer over its mmap threshold a fresh mapping and hands freed
+/// memory at the top of an arena back to the kernel past its trim threshold; both adapt, but not
+/// to a server whose every request holds a few megabytes (an upstream answer, a decoded image):
+/// each such buffer was then zeroed and faulted in anew, ~13 % of the server's CPU with 2 MB
+/// images. Fixed thresholds keep them in the arenas for reuse (BENCHMARKS.md, S2). An operator's
+/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    const SETTINGS: [(&str, libc::c_int, libc::c_int); 2] = [
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 32 << 20),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 64 << 20),
+    ];
+    for (variable, parameter, value) in SETTINGS {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: `mallopt` only sets allocator parameters (it takes the allocator's own
+            // lock); a refused value (0 returned) leaves glibc's default in place.
+            unsafe { libc::mallopt(parameter, value) };
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        tune_malloc();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
