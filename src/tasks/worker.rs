@@ -96,8 +96,9 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
     }
     // No more claims at admission; those under way still arrive here and run.
     tasks.slots.close();
-    let workers = tasks.settings.workers;
-    if !running.is_empty() || tasks.slots.available_permits() < workers {
+    // Every slot back: nothing runs, and no admission holds one to hand over.
+    let all_back = || tasks.slots.available_permits() >= tasks.settings.workers;
+    if !all_back() {
         tracing::info!(
             running = running.len(),
             "waiting for running tasks to finish"
@@ -105,11 +106,7 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
     }
     let drained = tokio::time::timeout(grace, async {
         loop {
-            while let Ok((task, slot)) = handed_off.try_recv() {
-                spawn(&mut running, task, slot);
-            }
-            // Every slot back: nothing runs, and no admission holds one to hand over.
-            if running.is_empty() && tasks.slots.available_permits() >= workers {
+            if all_back() {
                 return;
             }
             tokio::select! {
@@ -123,8 +120,6 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
     if drained.is_err() {
         running.abort_all();
         while running.join_next().await.is_some() {}
-        handed_off.close();
-        while handed_off.try_recv().is_ok() {}
         // Whatever was still running goes back to the queue for the next start (or another
         // process); nothing was recorded for it, so nothing is half-written.
         if let Err(e) = tasks.release_my_tasks().await {
