@@ -147,15 +147,9 @@ impl Application {
         let background = self
             .tasks
             .spawn_background(stopped.clone(), self.shutdown_grace);
-        let mut http_stopped = stopped.clone();
-        // `into_make_service`: each connection gets a clone of the router (a reference count).
-        // Serving the router itself would rebuild its route table for every connection (axum
-        // calls `with_state(())` per connection): ~10 KB and some CPU each (BENCHMARKS.md, S3).
-        let service = self.router.into_make_service();
-        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
-            let _ = http_stopped.wait_for(|s| *s).await;
-        });
-        let server = tokio::spawn(server.into_future());
+        // Connections share the router (a reference count each): no route table per connection.
+        let server = crate::http::server::serve(self.listener, self.router, stopped.clone());
+        let server = tokio::spawn(server);
         signal.await;
         tracing::info!(
             "shutting down: no new requests; running tasks get {:?}",
@@ -166,8 +160,7 @@ impl Application {
         // Open sync requests whose tasks were put back cannot be answered by this process;
         // do not let them hold the shutdown.
         match tokio::time::timeout(Duration::from_secs(5), server).await {
-            Ok(Ok(Ok(()))) | Err(_) => {}
-            Ok(Ok(Err(e))) => return Err(e).context("serving HTTP"),
+            Ok(Ok(())) | Err(_) => {}
             Ok(Err(e)) => return Err(e).context("the HTTP server task failed"),
         }
         self.tasks.db().close().await;

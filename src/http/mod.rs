@@ -22,6 +22,7 @@ pub mod error;
 mod files;
 mod images;
 mod meta;
+pub mod server;
 mod tasks;
 
 pub use error::HttpError;

@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod billing;
 mod callbacks;
+mod connections;
 mod crash;
 mod gemini;
 mod hostile;

@@ -1,0 +1,140 @@
+//! The accept loop: HTTP/1.1, and HTTP/2 with prior knowledge (h2c), on one port.
+//!
+//! `axum::serve` tells the two apart by reading the first 24 bytes of a connection into a buffer
+//! of its own and replaying them (hyper-util's `Rewind`). hyper's HTTP/1.1 reader then gets those
+//! bytes alone in its first read, finds the request head incomplete, and grows its 8 KB read
+//! buffer to 16 KB to read the rest: 8 KB more for every open connection, for as long as it is
+//! open (BENCHMARKS.md, S3). Here the bytes are *peeked* at instead, so hyper's first read takes
+//! the whole request into its 8 KB buffer.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use axum::Router;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+/// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a connection that has sent part of the HTTP/2 preface may take to send the rest
+/// before it is served as HTTP/1.1 (which will refuse it unless it was one after all).
+const PARTIAL_PREFACE_WAIT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stop` turns true; then stops accepting, asks every open
+/// connection to finish its requests in flight and close, and returns when all have closed.
+pub async fn serve(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+    // Every connection task holds a receiver; `closed()` resolves when the last one is dropped.
+    let (open_tx, open_rx) = watch::channel(());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be released rather
+                // than spin (what axum and hyper do).
+                tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // A clone of the router is a reference count: no route table per connection.
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, service, stop).await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    service: TowerToHyperService<Router>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let h2 = tokio::select! {
+        sniffed = is_h2(&stream) => match sniffed {
+            Ok(Some(h2)) => h2,
+            // Closed before sending anything, or failed: nothing to serve.
+            Ok(None) | Err(_) => return,
+        },
+        // An idle connection that never sent a request: close it.
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    // Stopping: finish the request in flight (HTTP/1.1) or the open streams (HTTP/2), then close.
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        tracing::trace!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Whether the connection starts with the HTTP/2 preface, from bytes peeked at (left in the
+/// socket for the HTTP server to read). `None`: closed before sending anything.
+async fn is_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut partial_since = None;
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if head[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        // Part of the preface so far. Peeking leaves the socket readable, so waiting for
+        // readiness again would return at once: poll gently until the rest arrives.
+        let since = *partial_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > PARTIAL_PREFACE_WAIT {
+            return Ok(Some(false));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Errors that end one connection, not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,157 @@
+//! The connection layer: HTTP/1.1 and HTTP/2 with prior knowledge on one port, told apart from
+//! bytes peeked at (so HTTP/1.1 reads each request into one buffer), whatever the way the first
+//! bytes arrive, and connections that never send a request closed at shutdown.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{Answer, assert_error, spawn_app};
+
+fn host_port(app: &crate::helpers::TestApp) -> &str {
+    app.address.trim_start_matches("http://")
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let health = client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.status(), 200);
+    let answer = client
+        .post(format!("{}/nano-banana/images", app.address))
+        .bearer_auth(&app.token)
+        .json(&json!({"prompt": "over h2c"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["success"], true, "{body}");
+    assert!(body["data"][0]["image_url"].is_string(), "{body}");
+    // And HTTP/1.1 next to it.
+    let health = app.get("/healthz").await;
+    assert_eq!(health.version(), reqwest::Version::HTTP_11);
+    assert_eq!(health.status(), 200);
+}
+
+/// Reads one HTTP/1.1 answer sent with `Connection: close` to its end.
+async fn exchange(stream: &mut TcpStream) -> Answer {
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .expect("a status line");
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').expect("a header line");
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value.trim()).unwrap(),
+        );
+    }
+    Answer {
+        status: StatusCode::from_bytes(status.as_bytes()).unwrap(),
+        headers,
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_first_byte_arrives_alone_is_served_as_http1() {
+    // "P" is also how the HTTP/2 preface ("PRI * HTTP/2.0…") starts: the server must wait for
+    // more before it decides, then serve HTTP/1.1.
+    let app = spawn_app().await;
+    let body = json!({"prompt": "slow start"}).to_string();
+    let request = format!(
+        "POST /nano-banana/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        app.token,
+        body.len(),
+        body
+    );
+    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(&request.as_bytes()[..1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stream.write_all(&request.as_bytes()[1..]).await.unwrap();
+    let answer = exchange(&mut stream).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.body["data"][0]["image_url"].is_string(),
+        "{}",
+        answer.body
+    );
+
+    // The same with a prefix of the preface that then turns out not to be one: plain
+    // HTTP/1.1 garbage, refused by the HTTP/1.1 server, not held open.
+    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(b"PRI * HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stream
+        .write_all(b"XP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut stream).await.status, 400);
+
+    // A request the router refuses still gets the contract's answer after a split start.
+    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stream
+        .write_all(
+            b"UT /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert_error(&exchange(&mut stream).await, 404, "no_api");
+}
+
+#[tokio::test]
+async fn connections_that_never_sent_a_request_do_not_hold_the_shutdown() {
+    let app = spawn_app().await;
+    let mut silent = TcpStream::connect(host_port(&app)).await.unwrap();
+    let mut partial = TcpStream::connect(host_port(&app)).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2").await.unwrap();
+    // Give the server time to accept both.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server stops with idle connections open");
+    // Both were closed by the server: an end of stream, or a reset where bytes we sent were
+    // left unread.
+    for stream in [&mut silent, &mut partial] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server");
+        match read {
+            Ok(n) => assert_eq!(n, 0, "{rest:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+}
