@@ -9,13 +9,13 @@
 
 use std::{
     io,
+    pin::Pin,
     time::{Duration, Instant},
 };
 
 use axum::Router;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
     service::TowerToHyperService,
 };
 use tokio::{
@@ -79,26 +79,48 @@ async fn serve_connection(
         // An idle connection that never sent a request: close it.
         _ = stop.wait_for(|stopped| *stopped) => return,
     };
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let builder = if h2 {
-        builder.http2_only()
+    let io = TokioIo::new(stream);
+    if h2 {
+        // Boxed: this future (and so every connection's task) is sized by its largest state,
+        // and an HTTP/2 connection is the larger one; HTTP/1.1 connections are the common case.
+        let connection = Box::pin(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service),
+        );
+        drive(
+            connection,
+            |c| c.get_mut().as_mut().graceful_shutdown(),
+            stop,
+        )
+        .await;
     } else {
-        builder.http1_only()
-    };
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::trace!(error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        _ = stop.wait_for(|stopped| *stopped) => {}
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        drive(connection, |c| c.graceful_shutdown(), stop).await;
     }
-    // Stopping: finish the request in flight (HTTP/1.1) or the open streams (HTTP/2), then close.
-    connection.as_mut().graceful_shutdown();
-    if let Err(e) = connection.await {
+}
+
+/// Runs a connection until it ends, or until `stop`: then asks it to finish the request in
+/// flight (HTTP/1.1) or its open streams (HTTP/2) and close, and waits for that.
+async fn drive<C>(
+    connection: C,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    mut stop: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = stop.wait_for(|stopped| *stopped) => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            graceful_shutdown(connection.as_mut());
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::trace!(error = %e, "connection ended with an error");
     }
 }

@@ -372,7 +372,9 @@ impl Tasks {
                     if self.is_running_here(&task_id) {
                         continue;
                     }
-                    match self.db.task_result(&task_id).await {
+                    // Boxed: inline, the query's future would add its size to every waiting
+                    // request's for the whole wait (BENCHMARKS.md, S3).
+                    match Box::pin(self.db.task_result(&task_id)).await {
                         Ok(Some((status, body))) => {
                             self.lock_waiters().remove(&task_id);
                             return TaskResult { status, body: serde_json::from_str(&body).unwrap_or(Value::Null) };
