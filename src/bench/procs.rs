@@ -225,10 +225,13 @@ pub fn start_server(
         .env("NANO_BANANA_BOOTSTRAP_TOKEN", TOKEN);
     // The rest of the configuration comes from the benchmark's environment, so the same tool
     // measures other setups: `NANO_BANANA_DATABASE_URL=postgres://…`, `NANO_BANANA_STORAGE=s3://…`,
-    // `NANO_BANANA_REDIS_URL`, or the allocator's `MALLOC_ARENA_MAX`. (Flags above win.)
+    // `NANO_BANANA_REDIS_URL`, the allocator's `MALLOC_ARENA_MAX`, or another allocator through
+    // `LD_PRELOAD`. (Flags above win.)
     for (name, value) in std::env::vars_os() {
         let passed = name.to_str().is_some_and(|name| {
-            (name.starts_with("NANO_BANANA_") || name.starts_with("MALLOC_"))
+            (name.starts_with("NANO_BANANA_")
+                || name.starts_with("MALLOC_")
+                || name == "LD_PRELOAD")
                 && name != "NANO_BANANA_BOOTSTRAP_TOKEN"
         });
         if passed {
