@@ -123,7 +123,9 @@ impl FromRequestParts<AppState> for Authenticated {
         let hash = token_hash(token);
         let row = match state.tokens.get(&hash) {
             Some(row) => row,
-            None => match state.tasks.db().find_token(&hash).await {
+            // Boxed: the query's future would otherwise size every request's handler future,
+            // which a sync request keeps for its whole wait (BENCHMARKS.md, S3).
+            None => match Box::pin(state.tasks.db().find_token(&hash)).await {
                 Ok(Some(row)) => {
                     state.tokens.put(hash, &row);
                     row

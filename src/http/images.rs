@@ -28,10 +28,13 @@ pub async fn create(
     let decision = match caller.rate_limit {
         None => None,
         Some((per_minute, burst)) => {
-            match state
-                .rate_limiter
-                .admit(&caller.application_id, per_minute, burst)
-                .await
+            // Boxed, as the token lookup is (the limiter's Redis future is large).
+            match Box::pin(
+                state
+                    .rate_limiter
+                    .admit(&caller.application_id, per_minute, burst),
+            )
+            .await
             {
                 Verdict::Checked(decision) => Some(decision),
                 // Failing open: no numbers to report, so no rate-limit headers.
