@@ -47,8 +47,10 @@ pub async fn serve(listener: TcpListener, router: Router, mut stop: watch::Recei
                 // Out of file descriptors, most likely: wait for some to be released rather
                 // than spin (what axum and hyper do).
                 tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.wait_for(|stopped| *stopped) => break,
+                }
             }
         };
         // A clone of the router is a reference count: no route table per connection.

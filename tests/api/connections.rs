@@ -155,3 +155,60 @@ async fn connections_that_never_sent_a_request_do_not_hold_the_shutdown() {
         }
     }
 }
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_pauses_accepting_until_some_are_free() {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 64;
+    let data = tempfile::tempdir().unwrap();
+    let port = crate::procs::free_port();
+    // Nothing listens on the upstream's port: only /healthz is asked for.
+    let mut command = crate::procs::server_command(data.path(), port, "http://127.0.0.1:9", &[]);
+    // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut server = crate::procs::start(command, port).await;
+    let address = format!("127.0.0.1:{port}");
+    // More connections than the server may have files: the kernel completes them all, the
+    // server accepts until it is out of descriptors and leaves the rest in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        held.push(TcpStream::connect(&address).await.unwrap());
+    }
+    let health = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut waiting = TcpStream::connect(&address).await.unwrap();
+    waiting.write_all(health).await.unwrap();
+    let mut answer = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_secs(1), waiting.read_to_end(&mut answer)).await;
+    assert!(
+        early.is_err(),
+        "answered while out of descriptors: {answer:?}"
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
+
+    // Freed descriptors: the server accepts again, the waiting request is answered.
+    drop(held);
+    let answer = exchange(&mut waiting).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["status"], "ok");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
+}

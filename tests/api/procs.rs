@@ -40,7 +40,18 @@ pub async fn start_server(
     upstream: &str,
     env: &[(String, String)],
 ) -> ServerProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_nano-banana"))
+    start(server_command(data_dir, port, upstream, env), port).await
+}
+
+/// The command `start_server` runs, for a test that needs to adjust it first.
+pub fn server_command(
+    data_dir: &Path,
+    port: u16,
+    upstream: &str,
+    env: &[(String, String)],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nano-banana"));
+    command
         .arg("serve")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -53,9 +64,13 @@ pub async fn start_server(
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the server binary starts");
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Spawns `command` (a server listening on `port`) and waits until `/readyz` answers 200.
+pub async fn start(mut command: Command, port: u16) -> ServerProcess {
+    let child = command.spawn().expect("the server binary starts");
     let address = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
