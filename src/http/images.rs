@@ -119,7 +119,8 @@ async fn create_task(
         return Ok(Json(api::accepted_body(&submitted.task_id, &trace_id)).into_response());
     }
     drop((body, request, headers, caller));
-    // If the client goes away, this future is dropped; the task runs on and stays retrievable.
+    // If the client goes away, this future is dropped (over HTTP/1.1 once the answer is written:
+    // see `http::server`); the task runs on and stays retrievable.
     let result = state.tasks.wait(submitted).await;
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     Ok((status, Json(result.body)).into_response())

@@ -2,13 +2,17 @@
 //! OpenAPI), the trace-id middleware and the 404 fallback. Handlers parse and authenticate, then
 //! hand over to `tasks`; they never touch SQL or the upstreams.
 
-use std::sync::Arc;
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
 
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request},
     http::HeaderValue,
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -63,33 +67,91 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(meta::metrics))
         .fallback(no_api)
         .method_not_allowed_fallback(no_api)
-        .layer(middleware::from_fn(trace))
+        .layer(TraceLayer)
         .with_state(state)
 }
 
 /// Gives every request a fresh trace id (extension + `x-trace-id` response header) and a span.
-async fn trace(mut request: Request, next: Next) -> Response {
-    let trace_id = uuid::Uuid::new_v4().to_string();
-    request.extensions_mut().insert(TraceId(trace_id.clone()));
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        trace_id = %trace_id,
-    );
-    let started = std::time::Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "answered"
-        )
-    });
-    if let Ok(value) = HeaderValue::from_str(&trace_id) {
-        response.headers_mut().insert("x-trace-id", value);
+/// A layer of its own rather than `middleware::from_fn`: its future is the route's plus a few
+/// fields, where `from_fn` boxes an async block per request and clones the inner service into it
+/// (~2 KB more for every waiting request, BENCHMARKS.md S3).
+#[derive(Debug, Clone, Copy)]
+struct TraceLayer;
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = Traced<S>;
+
+    fn layer(&self, inner: S) -> Traced<S> {
+        Traced { inner }
     }
-    response
+}
+
+#[derive(Debug, Clone)]
+struct Traced<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Traced<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TracedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let trace_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            trace_id = %trace_id,
+        );
+        let header = HeaderValue::from_str(&trace_id).ok();
+        request.extensions_mut().insert(TraceId(trace_id));
+        let inner = span.in_scope(|| self.inner.call(request));
+        TracedFuture {
+            inner: inner.instrument(span),
+            header,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TracedFuture<F> {
+        #[pin]
+        inner: tracing::instrument::Instrumented<F>,
+        header: Option<HeaderValue>,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for TracedFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let mut response = ready!(this.inner.as_mut().poll(cx))?;
+        this.inner.span().in_scope(|| {
+            tracing::debug!(
+                status = response.status().as_u16(),
+                elapsed_us = this.started.elapsed().as_micros() as u64,
+                "answered"
+            )
+        });
+        if let Some(value) = this.header.take() {
+            response.headers_mut().insert("x-trace-id", value);
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 async fn no_api(axum::Extension(trace_id): axum::Extension<TraceId>) -> impl IntoResponse {

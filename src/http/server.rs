@@ -96,7 +96,14 @@ async fn serve_connection(
         )
         .await;
     } else {
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        // Half-close allowed: once a request is read, hyper would otherwise keep reading to
+        // notice a client that goes away, and that read takes a second 8 KB buffer for every
+        // waiting request (the first is still referenced by the request being handled). A
+        // client that leaves now is noticed when its answer is written; its task runs on
+        // either way.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(io, service);
         drive(connection, |c| c.graceful_shutdown(), stop).await;
     }
 }

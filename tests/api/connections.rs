@@ -1,6 +1,7 @@
 //! The connection layer: HTTP/1.1 and HTTP/2 with prior knowledge on one port, told apart from
 //! bytes peeked at (so HTTP/1.1 reads each request into one buffer), whatever the way the first
-//! bytes arrive, and connections that never send a request closed at shutdown.
+//! bytes arrive; connections that never send a request closed at shutdown; a client that
+//! half-closes after its request still answered.
 
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{Answer, assert_error, spawn_app};
+use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Scenario};
+
+use crate::helpers::{Answer, assert_error, spawn_app, spawn_app_with};
 
 fn host_port(app: &crate::helpers::TestApp) -> &str {
     app.address.trim_start_matches("http://")
@@ -79,6 +82,16 @@ async fn exchange(stream: &mut TcpStream) -> Answer {
     }
 }
 
+/// A successful sync generate: 200 with an image URL.
+fn assert_image_answer(answer: &Answer) {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.body["data"][0]["image_url"].is_string(),
+        "{}",
+        answer.body
+    );
+}
+
 #[tokio::test]
 async fn a_request_whose_first_byte_arrives_alone_is_served_as_http1() {
     // "P" is also how the HTTP/2 preface ("PRI * HTTP/2.0…") starts: the server must wait for
@@ -97,13 +110,7 @@ async fn a_request_whose_first_byte_arrives_alone_is_served_as_http1() {
     stream.write_all(&request.as_bytes()[..1]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     stream.write_all(&request.as_bytes()[1..]).await.unwrap();
-    let answer = exchange(&mut stream).await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    assert!(
-        answer.body["data"][0]["image_url"].is_string(),
-        "{}",
-        answer.body
-    );
+    assert_image_answer(&exchange(&mut stream).await);
 
     // The same with a prefix of the preface that then turns out not to be one: plain
     // HTTP/1.1 garbage, refused by the HTTP/1.1 server, not held open.
@@ -211,4 +218,33 @@ async fn running_out_of_file_descriptors_pauses_accepting_until_some_are_free() 
         server.child.try_wait().unwrap().is_none(),
         "the server exited"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    // Some clients shut down their sending side once the request is out (`shutdown(SHUT_WR)`,
+    // `curl --no-keepalive` behind some proxies). The server does not read on while a request
+    // is handled, so it does not take that for a client gone away.
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(300)));
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        crate::helpers::use_gemini(c, &base_url, "k");
+    })
+    .await;
+    let body = json!({"prompt": "half closed"}).to_string();
+    let request = format!(
+        "POST /nano-banana/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        app.token,
+        body.len(),
+        body
+    );
+    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_image_answer(&exchange(&mut stream).await);
+    assert_eq!(fake.request_count(), 1);
 }
