@@ -659,6 +659,11 @@ impl reqwest::dns::Resolve for FilteringResolver {
 // ---------------------------------------------------------------------------------------------
 // data: URIs and sniffing.
 
+/// The most bytes `n` base64 characters (no whitespace, no padding) can decode to.
+fn decoded_len_at_most(n: usize) -> usize {
+    n / 4 * 3 + n % 4 * 3 / 4
+}
+
 /// Parses `data:image/<type>[;param=value]*;base64,<data>`.
 ///
 /// ASCII whitespace inside the base64 is tolerated (line-wrapped output of `base64(1)` is common)
@@ -702,29 +707,34 @@ pub fn parse_data_uri(
         _ => return Err(bad("only ;base64 data URIs are accepted")),
     }
 
-    // Refuse from the encoded length before allocating anything for the decoded bytes.
+    // Refuse from the encoded length before allocating anything for the decoded bytes. The
+    // exact count (whitespace and padding left out) is a byte-by-byte pass over megabytes, so
+    // it is made only when the whole length could decode to more than the limit.
     let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c');
-    let significant = payload.bytes().filter(|b| !is_ws(b)).count();
-    let pads = payload
-        .bytes()
-        .rev()
-        .filter(|b| !is_ws(b))
-        .take(2)
-        .filter(|b| *b == b'=')
-        .count();
-    if (significant - pads) / 4 * 3 + (significant - pads) % 4 * 3 / 4 > max_bytes {
-        return Err(FetchError::TooLarge { limit: max_bytes });
+    if decoded_len_at_most(payload.len()) > max_bytes {
+        let significant = payload.bytes().filter(|b| !is_ws(b)).count();
+        let pads = payload
+            .bytes()
+            .rev()
+            .filter(|b| !is_ws(b))
+            .take(2)
+            .filter(|b| *b == b'=')
+            .count();
+        if decoded_len_at_most(significant - pads) > max_bytes {
+            return Err(FetchError::TooLarge { limit: max_bytes });
+        }
     }
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let decoded = if significant == payload.len() {
-        engine.decode(payload)
-    } else {
-        let compact: Vec<u8> = payload.bytes().filter(|b| !is_ws(b)).collect();
-        engine.decode(compact)
+    // Whitespace is not base64: when the decoder stops at some, decode a copy without it.
+    let decoded = match engine.decode(payload) {
+        Err(_) if payload.bytes().any(|b| is_ws(&b)) => {
+            engine.decode(payload.bytes().filter(|b| !is_ws(b)).collect::<Vec<u8>>())
+        }
+        decoded => decoded,
     }
     .map_err(|e| FetchError::BadDataUri(format!("invalid base64: {e}")))?;
     if decoded.len() > max_bytes {
@@ -1762,6 +1772,8 @@ mod tests {
             "data:image/png;base64,iVBORw0KGgo-_".to_string(),
             "data:image/png;base64,A".to_string(),
             format!("data:image/png;base64,{b64}%20"),
+            // Whitespace (decoded again without it) and then a byte that is not base64.
+            format!("data:image/png;base64,{b64}\n!!!!"),
             "datum:image/png;base64,AAAA".to_string(),
         ] {
             let err = parse_data_uri(&uri, MAX, PIXELS).unwrap_err();
