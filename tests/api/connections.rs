@@ -82,6 +82,17 @@ async fn exchange(stream: &mut TcpStream) -> Answer {
     }
 }
 
+/// A sync generate request as raw HTTP/1.1, with `extra_headers` (each ending in CRLF).
+fn raw_generate(app: &crate::helpers::TestApp, prompt: &str, extra_headers: &str) -> String {
+    let body = json!({ "prompt": prompt }).to_string();
+    format!(
+        "POST /nano-banana/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        app.token,
+        body.len(),
+    )
+}
+
 /// A successful sync generate: 200 with an image URL.
 fn assert_image_answer(answer: &Answer) {
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -97,14 +108,7 @@ async fn a_request_whose_first_byte_arrives_alone_is_served_as_http1() {
     // "P" is also how the HTTP/2 preface ("PRI * HTTP/2.0…") starts: the server must wait for
     // more before it decides, then serve HTTP/1.1.
     let app = spawn_app().await;
-    let body = json!({"prompt": "slow start"}).to_string();
-    let request = format!(
-        "POST /nano-banana/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        app.token,
-        body.len(),
-        body
-    );
+    let request = raw_generate(&app, "slow start", "Connection: close\r\n");
     let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
     stream.set_nodelay(true).unwrap();
     stream.write_all(&request.as_bytes()[..1]).await.unwrap();
@@ -222,9 +226,9 @@ async fn running_out_of_file_descriptors_pauses_accepting_until_some_are_free() 
 
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
-    // Some clients shut down their sending side once the request is out (`shutdown(SHUT_WR)`,
-    // `curl --no-keepalive` behind some proxies). The server does not read on while a request
-    // is handled, so it does not take that for a client gone away.
+    // Some clients shut down their sending side once the request is out (`shutdown(SHUT_WR)`).
+    // The server does not read on while a request is handled, so it does not take that for a
+    // client gone away.
     let fake = FakeGemini::start(FakeGeminiOptions::default())
         .await
         .unwrap();
@@ -234,14 +238,7 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
         crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
-    let body = json!({"prompt": "half closed"}).to_string();
-    let request = format!(
-        "POST /nano-banana/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-        app.token,
-        body.len(),
-        body
-    );
+    let request = raw_generate(&app, "half closed", "");
     let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
