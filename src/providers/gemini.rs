@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -109,6 +109,27 @@ pub enum GeminiError {
     ApiKey,
     #[error("could not build the HTTP client for Gemini: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("could not set up TLS for Gemini (the system's root certificates?): {0}")]
+    Tls(#[source] rustls::Error),
+}
+
+/// The TLS configuration every lane's client shares (cloning it shares the verifier). Built per
+/// client, as reqwest does by default, it would read and parse the system's root certificates
+/// once per lane — every 100 calls in flight — and keep a copy of them in each.
+///
+/// What reqwest builds by default: the platform's verifier and roots, TLS 1.2 and 1.3, and
+/// ALPN offering HTTP/2 (what Google's endpoints choose) before HTTP/1.1.
+fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
+    use rustls_platform_verifier::BuilderVerifierExt as _;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 #[derive(Debug)]
@@ -188,10 +209,12 @@ impl GeminiProvider {
 
         let (timeout, connect_timeout) = (config.timeout, config.connect_timeout);
         let h2c = config.connections.h2c && models_url.scheme() == "http";
+        let tls = upstream_tls().map_err(GeminiError::Tls)?;
         let lanes = Lanes::new(config.connections.streams_per_connection, move || {
             let builder = reqwest::Client::builder()
                 .timeout(timeout)
-                .connect_timeout(connect_timeout);
+                .connect_timeout(connect_timeout)
+                .tls_backend_preconfigured(tls.clone());
             if h2c {
                 builder.http2_prior_knowledge().build()
             } else {
@@ -1319,6 +1342,18 @@ mod tests {
         assert!(!format!("{config:?}").contains("super-secret"));
         let provider = GeminiProvider::new(config).unwrap();
         assert!(!format!("{provider:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn the_shared_tls_configuration_offers_http2_first() {
+        let tls = upstream_tls().unwrap();
+        // Set by hand: a preconfigured client takes the configuration as it is, and without
+        // ALPN a TLS upstream would be spoken to in HTTP/1.1, a connection per call.
+        assert_eq!(
+            tls.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(tls.enable_sni);
     }
 
     fn parse(body: Value) -> Result<GeneratedImage, ProviderError> {
