@@ -25,12 +25,17 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
+use bytes::Bytes;
+use http_body_util::Full;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
+use super::direct::{self, ConnectError, SendError};
 use super::lanes::{ConnectionSettings, Lanes};
 use super::{GeneratedImage, ImageJob, ImageProvider, ProviderError};
 
@@ -135,7 +140,13 @@ fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
 #[derive(Debug)]
 pub struct GeminiProvider {
     /// The HTTP clients, as many as the calls in flight need (see `lanes`).
-    lanes: Lanes,
+    lanes: Lanes<reqwest::Client>,
+    /// HTTP/2 calls on connections of our own (see `direct`), when the upstream speaks HTTP/2:
+    /// `https://` (decided by the first TLS handshake) or `--upstream-h2c`, and no proxy is
+    /// configured in the environment (reqwest's lanes honour it).
+    direct: Option<Direct>,
+    /// The whole call, sending the inputs through reading the image.
+    timeout: Duration,
     /// `{base}/{version}/models`, to which `{model}:generateContent` is appended.
     models_url: Url,
     /// The key pool: `api_key` may list several keys, comma-separated.
@@ -163,6 +174,14 @@ const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
 
 impl GeminiProvider {
     pub fn new(config: GeminiConfig) -> Result<GeminiProvider, GeminiError> {
+        GeminiProvider::with_tls(config, upstream_tls().map_err(GeminiError::Tls)?)
+    }
+
+    /// With this TLS configuration instead of the platform's (tests: a CA of their own).
+    fn with_tls(
+        config: GeminiConfig,
+        tls: rustls::ClientConfig,
+    ) -> Result<GeminiProvider, GeminiError> {
         let mut models_url = config.base_url.clone();
         if !matches!(models_url.scheme(), "http" | "https") {
             return Err(GeminiError::BaseUrl(config.base_url.to_string()));
@@ -209,8 +228,25 @@ impl GeminiProvider {
 
         let (timeout, connect_timeout) = (config.timeout, config.connect_timeout);
         let h2c = config.connections.h2c && models_url.scheme() == "http";
-        let tls = upstream_tls().map_err(GeminiError::Tls)?;
-        let lanes = Lanes::new(config.connections.streams_per_connection, move || {
+        let per_lane = config.connections.streams_per_connection;
+        let direct = if (h2c || models_url.scheme() == "https")
+            && !proxy_configured(models_url.scheme())
+        {
+            let target = direct::Target::new(&models_url, Arc::new(tls.clone()), connect_timeout)
+                .map_err(|_| GeminiError::BaseUrl(config.base_url.to_string()))?;
+            let lanes = Lanes::new(per_lane, || {
+                Ok::<_, std::convert::Infallible>(direct::Connection::default())
+            })
+            .unwrap_or_else(|never| match never {});
+            Some(Direct {
+                target,
+                lanes,
+                not_h2: AtomicBool::new(false),
+            })
+        } else {
+            None
+        };
+        let lanes = Lanes::new(per_lane, move || {
             let builder = reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(connect_timeout)
@@ -224,6 +260,8 @@ impl GeminiProvider {
         .map_err(GeminiError::Client)?;
         Ok(GeminiProvider {
             lanes,
+            direct,
+            timeout,
             models_url,
             keys,
             next_key: AtomicUsize::new(0),
@@ -336,47 +374,186 @@ impl GeminiProvider {
     ) -> Result<GeneratedImage, ProviderError> {
         let body = serde_json::to_vec(&GenerateContentRequest::for_job(job))
             .map_err(|err| ProviderError::InvalidResponse(format!("request encoding: {err}")))?;
+        let body = Bytes::from(body);
+        let url = self.endpoint(&job.upstream_model);
+        if let Some(direct) = &self.direct
+            && !direct.not_h2.load(Ordering::Relaxed)
+        {
+            match self.call_direct(direct, &url, api_key, &body).await {
+                Some(outcome) => return outcome,
+                None => {
+                    if !direct.not_h2.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "the Gemini upstream did not choose HTTP/2 in the TLS handshake: \
+                             calls go through the HTTP/1.1 client from now on"
+                        );
+                    }
+                }
+            }
+        }
+
         // Held until the answer has been read: the call occupies a stream of the lane till then.
         let lane = self.lanes.acquire();
         let mut response = lane
             .client()
-            .post(self.endpoint(&job.upstream_model))
+            .post(url)
             .header("x-goog-api-key", api_key.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(
-                USER_AGENT,
-                concat!("nano-banana/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(USER_AGENT, USER_AGENT_VALUE)
             .body(body)
             .send()
             .await
             .map_err(transport_error)?;
-
         let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        self.answer(status, &headers, move |cap| async move {
+            read_capped(&mut response, cap)
+                .await
+                .map_err(transport_error)
+        })
+        .await
+    }
+
+    /// The call on one of our own HTTP/2 connections; `None` when the upstream turned out not to
+    /// speak HTTP/2 (nothing was sent).
+    async fn call_direct(
+        &self,
+        direct: &Direct,
+        url: &Url,
+        api_key: &HeaderValue,
+        body: &Bytes,
+    ) -> Option<Result<GeneratedImage, ProviderError>> {
+        let uri = match url.as_str().parse::<http::Uri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Some(Err(ProviderError::Transport {
+                    message: format!("the endpoint is not a valid URI: {e}"),
+                    sent: false,
+                }));
+            }
+        };
+        let request = || {
+            let mut request = http::Request::new(Full::new(body.clone()));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = uri.clone();
+            let headers = request.headers_mut();
+            headers.insert("x-goog-api-key", api_key.clone());
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+            request
+        };
+        // Held until the answer has been read: the call occupies a stream of the lane till then.
+        let lane = direct.lanes.acquire();
+        let mut handed = false;
+        let call = async {
+            let response = match direct
+                .target
+                .send(lane.client(), request, &mut handed)
+                .await
+            {
+                Ok(response) => response,
+                Err(SendError::Connect(ConnectError::NotH2)) => return None,
+                Err(SendError::Connect(ConnectError::Failed(message))) => {
+                    return Some(Err(ProviderError::Transport {
+                        message,
+                        sent: false,
+                    }));
+                }
+                Err(SendError::Failed { message, sent }) => {
+                    return Some(Err(ProviderError::Transport { message, sent }));
+                }
+            };
+            let (parts, mut body) = response.into_parts();
+            let answer = self.answer(parts.status, &parts.headers, |cap| async move {
+                direct::read_capped(&mut body, cap)
+                    .await
+                    .map_err(|message| ProviderError::Transport {
+                        message,
+                        sent: true,
+                    })
+            });
+            Some(answer.await)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Some(Err(ProviderError::Transport {
+                message: format!(
+                    "the upstream did not answer within {} s",
+                    self.timeout.as_secs_f64()
+                ),
+                sent: handed,
+            })),
+        }
+    }
+
+    /// The upstream's answer: its error, or the image. `read` reads at most so many bytes of the
+    /// body (`true`: there was more); it is called once.
+    async fn answer<F>(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        read: impl FnOnce(usize) -> F,
+    ) -> Result<GeneratedImage, ProviderError>
+    where
+        F: Future<Output = Result<(Vec<u8>, bool), ProviderError>>,
+    {
         if !status.is_success() {
-            let headers = response.headers().clone();
             // A failed read still leaves the status, which says more than a transport error.
-            let body = read_capped(&mut response, MAX_ERROR_BODY_BYTES)
+            let body = read(MAX_ERROR_BODY_BYTES)
                 .await
                 .map(|(body, _)| body)
                 .unwrap_or_default();
-            return Err(upstream_error(status, &headers, &body));
+            return Err(upstream_error(status, headers, &body));
         }
-
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_response_bytes as u64)
-        {
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|len| len.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(too_large(self.max_response_bytes));
         }
-        let (body, truncated) = read_capped(&mut response, self.max_response_bytes)
-            .await
-            .map_err(transport_error)?;
+        let (body, truncated) = read(self.max_response_bytes).await?;
         if truncated {
             return Err(too_large(self.max_response_bytes));
         }
         parse_success(&body)
     }
+}
+
+/// See [`GeminiProvider::direct`].
+struct Direct {
+    target: direct::Target,
+    lanes: Lanes<direct::Connection>,
+    /// A TLS handshake chose HTTP/1.1 (or nothing): every call goes through reqwest's lanes.
+    not_h2: AtomicBool,
+}
+
+impl fmt::Debug for Direct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Direct")
+            .field("lanes", &self.lanes)
+            .field("not_h2", &self.not_h2)
+            .finish()
+    }
+}
+
+const USER_AGENT_VALUE: &str = concat!("nano-banana/", env!("CARGO_PKG_VERSION"));
+
+/// Whether reqwest would send calls to a `scheme` URL through a proxy named in the environment;
+/// such calls stay with reqwest. (`NO_PROXY` is not consulted: with a proxy named at all, the
+/// calls keep the behaviour they had before the direct client existed.)
+fn proxy_configured(scheme: &str) -> bool {
+    proxy_named(scheme, |name| std::env::var_os(name))
+}
+
+fn proxy_named(scheme: &str, var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    let names: &[&str] = if scheme == "https" {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    names
+        .iter()
+        .any(|name| var(name).is_some_and(|value| !value.is_empty()))
 }
 
 #[async_trait::async_trait]
@@ -683,12 +860,9 @@ async fn read_capped(
     let hint = response.content_length().unwrap_or(0).min(cap as u64) as usize;
     let mut body = Vec::with_capacity(hint);
     while let Some(chunk) = response.chunk().await? {
-        let room = cap - body.len();
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
+        if direct::push_capped(&mut body, &chunk, cap) {
             return Ok((body, true));
         }
-        body.extend_from_slice(&chunk);
     }
     Ok((body, false))
 }
@@ -703,17 +877,10 @@ fn transport_error(err: reqwest::Error) -> ProviderError {
     let sent = !err.is_connect();
     // The URL is dropped in case a base URL carries credentials for a proxy.
     let err = err.without_url();
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message.push_str(": ");
-            message.push_str(&cause_text);
-        }
-        source = cause.source();
+    ProviderError::Transport {
+        message: direct::error_chain(&err),
+        sent,
     }
-    ProviderError::Transport { message, sent }
 }
 
 fn upstream_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
@@ -870,6 +1037,20 @@ mod tests {
 
     fn provider(fake: &FakeGemini) -> GeminiProvider {
         GeminiProvider::new(config(&fake.base_url())).unwrap()
+    }
+
+    /// Over HTTP/1.1 through reqwest, and over HTTP/2 on connections of our own (`direct`).
+    fn both_transports(fake: &FakeGemini) -> [GeminiProvider; 2] {
+        let h2c = GeminiProvider::new(GeminiConfig {
+            connections: ConnectionSettings {
+                h2c: true,
+                ..ConnectionSettings::default()
+            },
+            ..config(&fake.base_url())
+        })
+        .unwrap();
+        assert!(h2c.direct.is_some());
+        [provider(fake), h2c]
     }
 
     fn job(prompt: &str) -> ImageJob {
@@ -1064,26 +1245,28 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_reports_retry_info() {
         let fake = fake().await;
-        fake.push_scenario(Scenario::RateLimited {
-            retry_delay: "15s".to_owned(),
-        });
-        let err = provider(&fake).generate(&job("x")).await.unwrap_err();
-        let ProviderError::Upstream {
-            status,
-            message,
-            retry_after,
-        } = &err
-        else {
-            panic!("{err:?}")
-        };
-        assert_eq!(*status, 429);
-        assert!(
-            message.starts_with("RESOURCE_EXHAUSTED: You exceeded"),
-            "{message}"
-        );
-        assert_eq!(*retry_after, Some(Duration::from_secs(15)));
-        assert!(err.is_retryable());
-        assert_eq!(err.retry_after(), Some(Duration::from_secs(15)));
+        for provider in both_transports(&fake) {
+            fake.push_scenario(Scenario::RateLimited {
+                retry_delay: "15s".to_owned(),
+            });
+            let err = provider.generate(&job("x")).await.unwrap_err();
+            let ProviderError::Upstream {
+                status,
+                message,
+                retry_after,
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(*status, 429);
+            assert!(
+                message.starts_with("RESOURCE_EXHAUSTED: You exceeded"),
+                "{message}"
+            );
+            assert_eq!(*retry_after, Some(Duration::from_secs(15)));
+            assert!(err.is_retryable());
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(15)));
+        }
     }
 
     #[tokio::test]
@@ -1164,7 +1347,9 @@ mod tests {
         // calls beyond two wait). A racing connect may add one, never fewer.
         let connections = fake.connection_count();
         assert!((3..=5).contains(&connections), "{connections} connections");
-        assert_eq!(multiplexed.lanes.count(), 3);
+        let direct = multiplexed.direct.as_ref().expect("h2c calls go direct");
+        assert_eq!(direct.lanes.count(), 3);
+        assert_eq!(direct.target.connections_made(), 3);
 
         // Without h2c the same provider speaks HTTP/1.1, one call per connection.
         let plain = provider(&fake);
@@ -1176,23 +1361,31 @@ mod tests {
     #[tokio::test]
     async fn a_slow_or_hanging_upstream_times_out_as_sent() {
         let fake = fake().await;
-        fake.push_scenario(Scenario::Slow(Duration::from_secs(120)));
-        fake.push_scenario(Scenario::Hang);
-        let provider = GeminiProvider::new(GeminiConfig {
-            timeout: Duration::from_millis(300),
-            ..config(&fake.base_url())
-        })
-        .unwrap();
-        for _ in 0..2 {
-            let err = provider.generate(&job("x")).await.unwrap_err();
-            assert!(
-                matches!(err, ProviderError::Transport { sent: true, .. }),
-                "{err:?}"
-            );
-            // It may have been billed: never re-sent.
-            assert!(!err.is_retryable());
+        // Over HTTP/1.1 (reqwest) and over HTTP/2 on our own connections.
+        for h2c in [false, true] {
+            fake.push_scenario(Scenario::Slow(Duration::from_secs(120)));
+            fake.push_scenario(Scenario::Hang);
+            let provider = GeminiProvider::new(GeminiConfig {
+                timeout: Duration::from_millis(300),
+                connections: ConnectionSettings {
+                    h2c,
+                    ..ConnectionSettings::default()
+                },
+                ..config(&fake.base_url())
+            })
+            .unwrap();
+            assert_eq!(provider.direct.is_some(), h2c);
+            for _ in 0..2 {
+                let err = provider.generate(&job("x")).await.unwrap_err();
+                assert!(
+                    matches!(err, ProviderError::Transport { sent: true, .. }),
+                    "{err:?}"
+                );
+                // It may have been billed: never re-sent.
+                assert!(!err.is_retryable());
+            }
         }
-        assert_eq!(fake.request_count(), 2);
+        assert_eq!(fake.request_count(), 4);
     }
 
     #[tokio::test]
@@ -1200,13 +1393,234 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let provider = GeminiProvider::new(config(&format!("http://{addr}"))).unwrap();
+        for h2c in [false, true] {
+            let provider = GeminiProvider::new(GeminiConfig {
+                connections: ConnectionSettings {
+                    h2c,
+                    ..ConnectionSettings::default()
+                },
+                ..config(&format!("http://{addr}"))
+            })
+            .unwrap();
+            let err = provider.generate(&job("x")).await.unwrap_err();
+            let ProviderError::Transport { sent, message } = &err else {
+                panic!("{err:?}")
+            };
+            assert!(!sent, "{message}");
+            assert!(err.is_retryable());
+            assert!(!message.contains(KEY));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_that_ended_is_made_again() {
+        let fake = fake().await;
+        let front = Front::start(&fake, None).await;
+        let provider = GeminiProvider::new(GeminiConfig {
+            connections: ConnectionSettings {
+                h2c: true,
+                ..ConnectionSettings::default()
+            },
+            ..config(&front.base_url)
+        })
+        .unwrap();
+        assert!(provider.generate(&job("x")).await.is_ok());
+        // The connection is cut. The next call finds it ended and makes a new one — unless it
+        // is written before the lane has noticed: then it fails (a broken pipe, as it would
+        // through reqwest) and the call after it makes the new connection.
+        front.cut();
+        let mut attempts = 0;
+        while let Err(err) = provider.generate(&job("x")).await {
+            attempts += 1;
+            assert!(
+                matches!(err, ProviderError::Transport { .. }) && attempts < 5,
+                "{err:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(fake.connection_count(), 2);
+        let direct = provider.direct.as_ref().unwrap();
+        assert_eq!(direct.target.connections_made(), 2);
+        assert_eq!(direct.lanes.count(), 1);
+        let versions: Vec<String> = fake
+            .requests()
+            .into_iter()
+            .map(|r| r.http_version)
+            .collect();
+        assert_eq!(versions, vec!["HTTP/2.0"; 2]);
+    }
+
+    /// A front for `fake` that passes bytes on, decrypting TLS first when given the ALPN
+    /// protocols to offer (with the test certificate: `127.0.0.1`, signed by `testdata/ca.der`).
+    struct Front {
+        base_url: String,
+        connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    }
+
+    impl Front {
+        async fn start(fake: &FakeGemini, alpn: Option<&[&[u8]]>) -> Front {
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+            let acceptor = alpn.map(|alpn| {
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    include_bytes!("testdata/leaf.key.der").to_vec(),
+                ));
+                let leaf = CertificateDer::from(include_bytes!("testdata/leaf.der").to_vec());
+                let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![leaf], key)
+                .unwrap();
+                server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                tokio_rustls::TlsAcceptor::from(Arc::new(server))
+            });
+            let scheme = if acceptor.is_some() { "https" } else { "http" };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base_url = format!("{scheme}://{}", listener.local_addr().unwrap());
+            let upstream = fake.local_addr();
+            let connections = Arc::new(Mutex::new(Vec::new()));
+            let tracked = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    let connection = tokio::spawn(async move {
+                        let mut plain = tokio::net::TcpStream::connect(upstream).await?;
+                        match acceptor {
+                            Some(acceptor) => {
+                                let mut tls = acceptor.accept(tcp).await?;
+                                tokio::io::copy_bidirectional(&mut tls, &mut plain).await
+                            }
+                            None => {
+                                let mut tcp = tcp;
+                                tokio::io::copy_bidirectional(&mut tcp, &mut plain).await
+                            }
+                        }
+                    });
+                    tracked.lock().unwrap().push(connection.abort_handle());
+                }
+            });
+            Front {
+                base_url,
+                connections,
+            }
+        }
+
+        /// Closes every connection made so far, on both sides.
+        fn cut(&self) {
+            for connection in self.connections.lock().unwrap().drain(..) {
+                connection.abort();
+            }
+        }
+    }
+
+    /// The client side: the test CA only, ALPN as `upstream_tls` offers it.
+    fn test_tls() -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                include_bytes!("testdata/ca.der").to_vec(),
+            ))
+            .unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = upstream_tls().unwrap().alpn_protocols;
+        tls
+    }
+
+    /// Two calls through a TLS front that offers `alpn`: the provider, and the HTTP versions
+    /// the fake saw; with the fake's connection count.
+    async fn two_calls_over_tls(alpn: &[&[u8]]) -> (GeminiProvider, Vec<String>, usize) {
+        let fake = fake().await;
+        let front = Front::start(&fake, Some(alpn)).await;
+        let provider = GeminiProvider::with_tls(config(&front.base_url), test_tls()).unwrap();
+        for _ in 0..2 {
+            assert!(provider.generate(&job("x")).await.is_ok());
+        }
+        let versions = fake
+            .requests()
+            .into_iter()
+            .map(|r| r.http_version)
+            .collect();
+        (provider, versions, fake.connection_count())
+    }
+
+    #[tokio::test]
+    async fn a_tls_upstream_that_chooses_http2_is_called_on_our_own_connections() {
+        let (provider, versions, connections) = two_calls_over_tls(&[b"h2", b"http/1.1"]).await;
+        assert_eq!(versions, vec!["HTTP/2.0"; 2]);
+        let direct = provider.direct.as_ref().unwrap();
+        assert!(!direct.not_h2.load(Ordering::Relaxed));
+        // One connection of ours, one TLS handshake, for both calls.
+        assert_eq!(direct.target.connections_made(), 1);
+        assert_eq!(connections, 1);
+    }
+
+    #[tokio::test]
+    async fn a_tls_upstream_that_chooses_http1_is_called_through_reqwest() {
+        let (provider, versions, _) = two_calls_over_tls(&[b"http/1.1"]).await;
+        assert_eq!(versions, vec!["HTTP/1.1"; 2]);
+        let direct = provider.direct.as_ref().unwrap();
+        assert!(direct.not_h2.load(Ordering::Relaxed));
+        assert_eq!(direct.target.connections_made(), 0);
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_on_a_connect_that_fails_fail_with_it() {
+        // Accepts connections and never says a word: the TLS handshake times out.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let provider = GeminiProvider::with_tls(
+            GeminiConfig {
+                connect_timeout: Duration::from_millis(300),
+                ..config(&format!("https://{addr}"))
+            },
+            test_tls(),
+        )
+        .unwrap();
+        let job = job("x");
+        let calls = (0..3).map(|_| provider.generate(&job));
+        for result in futures_util::future::join_all(calls).await {
+            let Err(ProviderError::Transport { sent, message }) = &result else {
+                panic!("{result:?}")
+            };
+            assert!(!sent && message.contains("timed out"), "{message}");
+        }
+        // One lane, one connect for the three calls (not one connect timeout after another).
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // A call that comes later tries again.
+        assert!(provider.generate(&job).await.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_tls_upstream_with_a_certificate_we_do_not_trust_is_refused_unsent() {
+        let fake = fake().await;
+        let front = Front::start(&fake, Some(&[b"h2"])).await;
+        // The platform's roots: the test CA is not among them.
+        let provider = GeminiProvider::new(config(&front.base_url)).unwrap();
         let err = provider.generate(&job("x")).await.unwrap_err();
         let ProviderError::Transport { sent, message } = &err else {
             panic!("{err:?}")
         };
         assert!(!sent, "{message}");
-        assert!(!message.contains(KEY));
+        assert!(message.contains("certificate"), "{message}");
+        assert_eq!(fake.request_count(), 0);
     }
 
     #[tokio::test]
@@ -1271,12 +1685,13 @@ mod tests {
         })
         .await
         .unwrap();
-        let mut provider = provider(&fake);
-        let image = provider.generate(&job("x")).await.unwrap();
-        assert!(image.bytes.len() > 150_000);
-        provider.max_response_bytes = 100_000;
-        let err = provider.generate(&job("x")).await.unwrap_err();
-        assert!(matches!(err, ProviderError::InvalidResponse(_)), "{err:?}");
+        for mut provider in both_transports(&fake) {
+            let image = provider.generate(&job("x")).await.unwrap();
+            assert!(image.bytes.len() > 150_000);
+            provider.max_response_bytes = 100_000;
+            let err = provider.generate(&job("x")).await.unwrap_err();
+            assert!(matches!(err, ProviderError::InvalidResponse(_)), "{err:?}");
+        }
     }
 
     #[test]
@@ -1342,6 +1757,36 @@ mod tests {
         assert!(!format!("{config:?}").contains("super-secret"));
         let provider = GeminiProvider::new(config).unwrap();
         assert!(!format!("{provider:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn a_proxy_in_the_environment_keeps_calls_with_reqwest() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert!(!proxy_named("https", env(&[])));
+        assert!(proxy_named(
+            "https",
+            env(&[("HTTPS_PROXY", "http://proxy:3128")])
+        ));
+        assert!(proxy_named(
+            "https",
+            env(&[("all_proxy", "socks5://proxy:1080")])
+        ));
+        assert!(proxy_named(
+            "http",
+            env(&[("http_proxy", "http://proxy:3128")])
+        ));
+        // Another scheme's proxy, or an empty value, is no proxy for this one.
+        assert!(!proxy_named(
+            "https",
+            env(&[("HTTP_PROXY", "http://proxy:3128")])
+        ));
+        assert!(!proxy_named("https", env(&[("HTTPS_PROXY", "")])));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!
 //! A [`Lanes`] is a growing set of clients, each with its own connection: a call takes the first
 //! lane with fewer than `per_lane` calls in flight and opens a new lane when all are full. Over
-//! HTTP/1.1 (one call per connection) lanes change nothing but the grouping of the pools.
+//! HTTP/1.1 (one call per connection) lanes change nothing but the grouping of the pools. A lane
+//! holds whatever makes the calls: a `reqwest::Client`, or one HTTP/2 connection of our own
+//! ([`super::direct`]).
 
 use std::sync::{
     Arc, Mutex, PoisonError,
@@ -36,13 +38,13 @@ impl Default for ConnectionSettings {
     }
 }
 
-pub struct Lanes {
+pub struct Lanes<C> {
     per_lane: usize,
-    build: Box<dyn Fn() -> reqwest::Result<reqwest::Client> + Send + Sync>,
-    lanes: Mutex<Vec<Arc<Lane>>>,
+    build: Box<dyn Fn() -> Result<C, String> + Send + Sync>,
+    lanes: Mutex<Vec<Arc<Lane<C>>>>,
 }
 
-impl std::fmt::Debug for Lanes {
+impl<C> std::fmt::Debug for Lanes<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lanes")
             .field("per_lane", &self.per_lane)
@@ -51,54 +53,54 @@ impl std::fmt::Debug for Lanes {
     }
 }
 
-struct Lane {
-    client: reqwest::Client,
+struct Lane<C> {
+    client: C,
     in_flight: AtomicUsize,
 }
 
 /// A call's place in a lane, given back when dropped (after the whole answer has been read).
-pub struct LaneGuard {
-    lane: Arc<Lane>,
+pub struct LaneGuard<C> {
+    lane: Arc<Lane<C>>,
 }
 
-impl LaneGuard {
-    pub fn client(&self) -> &reqwest::Client {
+impl<C> LaneGuard<C> {
+    pub fn client(&self) -> &C {
         &self.lane.client
     }
 }
 
-impl Drop for LaneGuard {
+impl<C> Drop for LaneGuard<C> {
     fn drop(&mut self) {
         self.lane.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-impl Lanes {
+impl<C> Lanes<C> {
     /// `build` makes one lane's client; it is called once now (so a bad configuration fails at
     /// startup) and again for every new lane.
-    pub fn new(
+    pub fn new<E: std::fmt::Display>(
         per_lane: usize,
-        build: impl Fn() -> reqwest::Result<reqwest::Client> + Send + Sync + 'static,
-    ) -> reqwest::Result<Lanes> {
+        build: impl Fn() -> Result<C, E> + Send + Sync + 'static,
+    ) -> Result<Lanes<C>, E> {
         let first = Arc::new(Lane {
             client: build()?,
             in_flight: AtomicUsize::new(0),
         });
         Ok(Lanes {
             per_lane: per_lane.max(1),
-            build: Box::new(build),
+            build: Box::new(move || build().map_err(|e| e.to_string())),
             lanes: Mutex::new(vec![first]),
         })
     }
 
     /// A lane for one call: the first with room, or a new one. If a new client cannot be built
     /// (it could be at startup, so this is not expected), the least busy lane takes the call.
-    pub fn acquire(&self) -> LaneGuard {
+    pub fn acquire(&self) -> LaneGuard<C> {
         if let Some(guard) = self.take_roomy(&self.lock()) {
             return guard;
         }
-        // Every lane is full. The new client is built outside the lock (it loads the root
-        // certificates), so calls that find room elsewhere meanwhile do not wait for it.
+        // Every lane is full. The new client is built outside the lock, so calls that find
+        // room elsewhere meanwhile do not wait for it.
         let built = (self.build)();
         let mut lanes = self.lock();
         // Another call may have opened a lane in the meantime: use it, drop ours.
@@ -129,7 +131,7 @@ impl Lanes {
 
     /// The first lane with room, taken; called with the lock held so that two calls cannot
     /// both take a lane's last place.
-    fn take_roomy(&self, lanes: &[Arc<Lane>]) -> Option<LaneGuard> {
+    fn take_roomy(&self, lanes: &[Arc<Lane<C>>]) -> Option<LaneGuard<C>> {
         lanes
             .iter()
             .find(|lane| lane.in_flight.load(Ordering::Acquire) < self.per_lane)
@@ -137,7 +139,7 @@ impl Lanes {
             .map(take)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Lane>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Lane<C>>>> {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -147,7 +149,7 @@ impl Lanes {
     }
 }
 
-fn take(lane: Arc<Lane>) -> LaneGuard {
+fn take<C>(lane: Arc<Lane<C>>) -> LaneGuard<C> {
     lane.in_flight.fetch_add(1, Ordering::AcqRel);
     LaneGuard { lane }
 }
@@ -159,9 +161,9 @@ mod tests {
     #[test]
     fn a_call_takes_the_first_lane_with_room_and_full_lanes_open_new_ones() {
         let lanes = Lanes::new(2, || reqwest::Client::builder().build()).unwrap();
-        let held: Vec<LaneGuard> = (0..5).map(|_| lanes.acquire()).collect();
+        let held: Vec<LaneGuard<reqwest::Client>> = (0..5).map(|_| lanes.acquire()).collect();
         assert_eq!(lanes.count(), 3, "5 calls at 2 per lane");
-        let counts = |lanes: &Lanes| -> Vec<usize> {
+        let counts = |lanes: &Lanes<reqwest::Client>| -> Vec<usize> {
             let lanes = lanes.lanes.lock().unwrap();
             lanes
                 .iter()

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::domain::{AspectRatio, Model, Resolution};
 
+pub mod direct;
 pub mod gemini;
 pub mod lanes;
 pub mod placeholder;

@@ -1,0 +1,368 @@
+//! Upstream calls over HTTP/2 on connections of our own, with hyper's client and no reqwest.
+//!
+//! A call that waits on a slow model keeps its state for the whole wait. Through reqwest that
+//! state is ~13 KB (reqwest's and hyper-util's request futures, the copy of the request kept for
+//! its retry policy, its pool's bookkeeping); here it is hyper's answer future and the stream in
+//! the connection (BENCHMARKS.md, S3).
+//!
+//! A [`Target`] opens connections to one upstream: TCP, then TLS with ALPN for `https://` (the
+//! shared configuration of the Gemini provider, offering `h2` first) or HTTP/2 with prior
+//! knowledge for `http://`. A [`Connection`] is one lane's slot (see `lanes`): connected on its
+//! first call and again when the connection has ended (closed, `GOAWAY`). What reqwest did for
+//! these calls and is done here too: the connect timeout, and sending a request again when the
+//! upstream said it did not process it (`REFUSED_STREAM`, or a `GOAWAY` before the stream) or
+//! the connection was gone before the request was written. The caller applies the whole call's
+//! timeout.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use url::{Host, Url};
+
+/// Calls sent again at most this many times when the upstream said it did not process them
+/// (what reqwest allows for such calls).
+const MAX_RESENDS: usize = 2;
+
+/// Where and how connections to one upstream are made.
+pub struct Target {
+    host: String,
+    port: u16,
+    /// `None`: cleartext HTTP/2 (prior knowledge).
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    /// Connections made so far, all lanes together.
+    connections_made: AtomicU64,
+}
+
+/// Why no connection could be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The TLS upstream chose another protocol than HTTP/2 (or none): calls must go another way.
+    NotH2,
+    Failed(String),
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(ConnectError),
+    /// `sent`: the request may have reached the upstream (and been billed).
+    Failed {
+        message: String,
+        sent: bool,
+    },
+}
+
+impl Target {
+    /// For `url`'s scheme, host and port. `tls` is used for `https://` URLs.
+    pub fn new(
+        url: &Url,
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+    ) -> Result<Target, String> {
+        let (host, server_name) = match url.host() {
+            Some(Host::Domain(domain)) => (
+                domain.to_owned(),
+                ServerName::try_from(domain.to_owned()).map_err(|e| e.to_string())?,
+            ),
+            Some(Host::Ipv4(ip)) => (ip.to_string(), ServerName::from(std::net::IpAddr::V4(ip))),
+            Some(Host::Ipv6(ip)) => (ip.to_string(), ServerName::from(std::net::IpAddr::V6(ip))),
+            None => return Err(format!("{url} has no host")),
+        };
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("{url} has no port"))?;
+        let tls =
+            (url.scheme() == "https").then(|| (tokio_rustls::TlsConnector::from(tls), server_name));
+        Ok(Target {
+            host,
+            port,
+            tls,
+            connect_timeout,
+            connections_made: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections made so far, all lanes together.
+    pub fn connections_made(&self) -> u64 {
+        self.connections_made.load(Ordering::Relaxed)
+    }
+
+    /// Sends the request `request` makes (called again for each resend). `handed` is set once a
+    /// request has been given to a connection: from then on a timeout may come after the
+    /// upstream started (and billed) the work.
+    pub async fn send(
+        &self,
+        connection: &Connection,
+        request: impl Fn() -> Request<Full<Bytes>>,
+        handed: &mut bool,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut resends = 0;
+        loop {
+            let (generation, mut sender) =
+                self.sender(connection).await.map_err(SendError::Connect)?;
+            *handed = true;
+            let error = match sender.try_send_request(request()).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            // Not written (the connection ended meanwhile), or refused unprocessed: the
+            // upstream did not start the work, so it can be asked again on a new connection.
+            let unprocessed = error.message().is_some() || refused_unprocessed(error.error());
+            if unprocessed && resends < MAX_RESENDS {
+                resends += 1;
+                tracing::debug!(error = %error.error(), "upstream call not processed; sending it again");
+                connection.forget(generation).await;
+                continue;
+            }
+            return Err(SendError::Failed {
+                message: error_chain(error.error()),
+                sent: !unprocessed,
+            });
+        }
+    }
+
+    /// The lane's connection, made now if it has none or its connection has ended.
+    async fn sender(
+        &self,
+        connection: &Connection,
+    ) -> Result<(u64, SendRequest<Full<Bytes>>), ConnectError> {
+        let arrived = Instant::now();
+        let mut slot = connection.slot.lock().await;
+        if let Some(sender) = &slot.sender
+            && !sender.is_closed()
+        {
+            return Ok((slot.generation, sender.clone()));
+        }
+        // A connect that failed while this call waited for the slot fails it too: the calls
+        // queued on a lane do not each wait out a connect timeout in turn.
+        if let Some((failed_at, message)) = &slot.failure
+            && *failed_at >= arrived
+        {
+            return Err(ConnectError::Failed(message.clone()));
+        }
+        // Boxed: connecting (DNS, TCP, TLS, HTTP/2 handshake) is a large state that every
+        // call's future would otherwise carry for its whole wait, to use it once per lane.
+        let connected = Box::pin(tokio::time::timeout(self.connect_timeout, self.connect()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectError::Failed(format!(
+                    "connecting to the upstream timed out after {:?}",
+                    self.connect_timeout
+                )))
+            });
+        let sender = match connected {
+            Ok(sender) => sender,
+            Err(ConnectError::Failed(message)) => {
+                slot.failure = Some((Instant::now(), message.clone()));
+                return Err(ConnectError::Failed(message));
+            }
+            Err(ConnectError::NotH2) => return Err(ConnectError::NotH2),
+        };
+        let made = self.connections_made.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            connections_made = made,
+            "opened an HTTP/2 connection to the upstream"
+        );
+        slot.failure = None;
+        slot.generation += 1;
+        slot.sender = Some(sender.clone());
+        Ok((slot.generation, sender))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ConnectError> {
+        let failed = |what: &str, e: &dyn std::error::Error| {
+            ConnectError::Failed(format!("{what}: {}", error_chain(e)))
+        };
+        let tcp = self
+            .tcp()
+            .await
+            .map_err(|e| failed("connecting to the upstream", &e))?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((connector, server_name)) => {
+                let tls = connector
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| failed("TLS handshake with the upstream", &e))?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(ConnectError::NotH2);
+                }
+                handshake(tls).await
+            }
+        }
+        .map_err(|e| failed("HTTP/2 handshake with the upstream", &e))
+    }
+
+    async fn tcp(&self) -> io::Result<TcpStream> {
+        let mut last_error = None;
+        for addr in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    tcp.set_nodelay(true)?;
+                    return Ok(tcp);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
+        }))
+    }
+}
+
+/// Starts HTTP/2 on `io`; the connection runs in a task of its own until it ends.
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// One lane's HTTP/2 connection, made when first needed.
+#[derive(Default)]
+pub struct Connection {
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Counts the connections made, so that a call can tell its connection from a newer one.
+    generation: u64,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    /// When the last connect failed, and why.
+    failure: Option<(Instant, String)>,
+}
+
+impl Connection {
+    /// Stops using connection `generation` for new calls (its calls in flight go on).
+    async fn forget(&self, generation: u64) {
+        let mut slot = self.slot.lock().await;
+        if slot.generation == generation {
+            slot.sender = None;
+        }
+    }
+}
+
+/// Reads at most `cap` bytes of `body`; `true` when it had more.
+pub async fn read_capped(body: &mut Incoming, cap: usize) -> Result<(Vec<u8>, bool), String> {
+    let hint = body.size_hint().exact().unwrap_or(0).min(cap as u64) as usize;
+    let mut read = Vec::with_capacity(hint);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| error_chain(&e))?;
+        if let Ok(chunk) = frame.into_data()
+            && push_capped(&mut read, &chunk, cap)
+        {
+            return Ok((read, true));
+        }
+    }
+    Ok((read, false))
+}
+
+/// Appends `chunk` to `body` up to `cap` bytes in all; `true` when some of it did not fit.
+pub fn push_capped(body: &mut Vec<u8>, chunk: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(body.len());
+    let fits = chunk.len().min(room);
+    body.extend_from_slice(&chunk[..fits]);
+    fits < chunk.len()
+}
+
+/// The upstream said it did not process the stream: `REFUSED_STREAM`, or a `GOAWAY` (with no
+/// error) whose last processed stream came before this one.
+fn refused_unprocessed(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return is_unprocessed(h2);
+        }
+        source = cause.source();
+    }
+    false
+}
+
+fn is_unprocessed(error: &h2::Error) -> bool {
+    match error.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => true,
+        Some(h2::Reason::NO_ERROR) => error.is_go_away() && error.is_remote(),
+        _ => false,
+    }
+}
+
+/// `error` and its causes, each once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_and_goaway_streams_are_unprocessed_other_resets_are_not() {
+        assert!(is_unprocessed(&h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        // A reset we made ourselves, or an error the server hit while working: maybe processed.
+        assert!(!is_unprocessed(&h2::Error::from(h2::Reason::CANCEL)));
+        assert!(!is_unprocessed(&h2::Error::from(
+            h2::Reason::INTERNAL_ERROR
+        )));
+        // A local NO_ERROR is no GOAWAY from the upstream.
+        assert!(!is_unprocessed(&h2::Error::from(h2::Reason::NO_ERROR)));
+    }
+
+    #[test]
+    fn targets_take_the_url_host_port_and_scheme() {
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        );
+        let timeout = Duration::from_secs(1);
+        let target = |url: &str| Target::new(&Url::parse(url).unwrap(), tls.clone(), timeout);
+        let google = target("https://generativelanguage.googleapis.com").unwrap();
+        assert_eq!(
+            (google.host.as_str(), google.port),
+            ("generativelanguage.googleapis.com", 443)
+        );
+        assert!(google.tls.is_some());
+        let local = target("http://[::1]:8080/proxy").unwrap();
+        assert_eq!((local.host.as_str(), local.port), ("::1", 8080));
+        assert!(local.tls.is_none());
+        let ip = target("https://127.0.0.1:8443").unwrap();
+        assert_eq!(
+            ip.tls.map(|(_, name)| name),
+            Some(ServerName::from(std::net::IpAddr::from([127, 0, 0, 1])))
+        );
+    }
+}
