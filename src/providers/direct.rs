@@ -15,6 +15,7 @@
 //! timeout.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -205,20 +206,76 @@ impl Target {
     }
 
     async fn tcp(&self) -> io::Result<TcpStream> {
-        let mut last_error = None;
-        for addr in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
-            match TcpStream::connect(addr).await {
-                Ok(tcp) => {
-                    tcp.set_nodelay(true)?;
-                    return Ok(tcp);
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
-        }))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        let tcp = connect_happily(&addrs).await?;
+        tcp.set_nodelay(true)?;
+        // What reqwest sets: a peer or NAT that vanished during a minutes-long call is noticed
+        // in about a minute, and an idle mapping is kept alive.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE)
+            .with_interval(TCP_KEEPALIVE)
+            .with_retries(3);
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+        Ok(tcp)
     }
+}
+
+/// Idle time before TCP keepalive probes, and between them.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long the first address family has before the other is tried alongside (RFC 8305).
+const FALLBACK_DELAY: Duration = Duration::from_millis(300);
+
+/// Connects to the first of `addrs` that answers. Addresses of the first address's family are
+/// tried in turn; those of the other family start after [`FALLBACK_DELAY`] (at once if the
+/// first family has failed), so a broken IPv6 route does not cost the whole connect timeout.
+async fn connect_happily(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let Some(first) = addrs.first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the host name has no address",
+        ));
+    };
+    let (primary, fallback): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
+        .iter()
+        .partition(|addr| addr.is_ipv6() == first.is_ipv6());
+    if fallback.is_empty() {
+        return connect_in_turn(&primary).await;
+    }
+    let primary_attempt = connect_in_turn(&primary);
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let fallback_attempt = async {
+        // Either the delay passes or the primary family fails (its sender dropped or used).
+        let _ = tokio::time::timeout(FALLBACK_DELAY, failed_rx).await;
+        connect_in_turn(&fallback).await
+    };
+    tokio::pin!(primary_attempt, fallback_attempt);
+    let mut failed_tx = Some(failed_tx);
+    tokio::select! {
+        primary = &mut primary_attempt => match primary {
+            Ok(tcp) => Ok(tcp),
+            Err(_) => {
+                drop(failed_tx.take());
+                fallback_attempt.await
+            }
+        },
+        fallback = &mut fallback_attempt => match fallback {
+            Ok(tcp) => Ok(tcp),
+            Err(_) => primary_attempt.await,
+        },
+    }
+}
+
+async fn connect_in_turn(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("no address to connect to")))
 }
 
 /// Starts HTTP/2 on `io`; the connection runs in a task of its own until it ends.
@@ -335,6 +392,23 @@ mod tests {
         )));
         // A local NO_ERROR is no GOAWAY from the upstream.
         assert!(!is_unprocessed(&h2::Error::from(h2::Reason::NO_ERROR)));
+    }
+
+    #[tokio::test]
+    async fn a_family_that_fails_hands_over_to_the_other() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        // Nothing listens there (or there is no IPv6 at all): refused either way.
+        let closed = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9));
+        let tcp = connect_happily(&[closed, open]).await.unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), open);
+        // The first family answering wins without waiting for the other.
+        let tcp = connect_happily(&[open, closed]).await.unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), open);
+        let refused = connect_happily(&[closed]).await.unwrap_err();
+        assert_ne!(refused.kind(), io::ErrorKind::NotFound);
+        let none = connect_happily(&[]).await.unwrap_err();
+        assert_eq!(none.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
