@@ -99,9 +99,9 @@ impl Target {
         self.connections_made.load(Ordering::Relaxed)
     }
 
-    /// Sends the request `request` makes (called again for each resend). `handed` is set once a
-    /// request has been given to a connection: from then on a timeout may come after the
-    /// upstream started (and billed) the work.
+    /// Sends the request `request` makes (called again for each resend). `handed` is true while
+    /// a request is with a connection that has not said it left it unprocessed: a timeout then
+    /// may come after the upstream started (and billed) the work.
     pub async fn send(
         &self,
         connection: &Connection,
@@ -122,6 +122,7 @@ impl Target {
             let unprocessed = error.message().is_some() || refused_unprocessed(error.error());
             if unprocessed && resends < MAX_RESENDS {
                 resends += 1;
+                *handed = false;
                 tracing::debug!(error = %error.error(), "upstream call not processed; sending it again");
                 connection.forget(generation).await;
                 continue;
@@ -392,6 +393,108 @@ mod tests {
         )));
         // A local NO_ERROR is no GOAWAY from the upstream.
         assert!(!is_unprocessed(&h2::Error::from(h2::Reason::NO_ERROR)));
+    }
+
+    /// An HTTP/2 server (h2c) that answers each stream with `reset(n)` — the stream's number,
+    /// counted over every connection — or, for `None`, a 200 with `ok`.
+    async fn h2_server(reset: fn(usize) -> Option<h2::Reason>) -> (Url, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let streams = Arc::new(AtomicU64::new(0));
+        let counted = streams.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(tcp).await?;
+                    while let Some(stream) = connection.accept().await {
+                        let (_request, mut respond) = stream?;
+                        let n = counted.fetch_add(1, Ordering::SeqCst) as usize + 1;
+                        match reset(n) {
+                            Some(reason) => respond.send_reset(reason),
+                            None => {
+                                let mut body = respond.send_response(Response::new(()), false)?;
+                                body.send_data(Bytes::from_static(b"ok"), true)?;
+                            }
+                        }
+                    }
+                    Ok::<_, h2::Error>(())
+                });
+            }
+        });
+        (url, streams)
+    }
+
+    fn h2c_target(url: &Url) -> Target {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Target::new(url, Arc::new(tls), Duration::from_secs(5)).unwrap()
+    }
+
+    fn post(url: &Url) -> impl Fn() -> Request<Full<Bytes>> {
+        let uri: http::Uri = url.as_str().parse().unwrap();
+        move || {
+            let mut request = Request::new(Full::new(Bytes::from_static(b"{}")));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = uri.clone();
+            request
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_upstream_refused_unprocessed_is_sent_again() {
+        let (url, streams) = h2_server(|n| (n == 1).then_some(h2::Reason::REFUSED_STREAM)).await;
+        let target = h2c_target(&url);
+        let connection = Connection::default();
+        let mut handed = false;
+        let mut response = target
+            .send(&connection, post(&url), &mut handed)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            read_capped(response.body_mut(), 100).await.unwrap().0,
+            b"ok"
+        );
+        assert!(handed);
+        assert_eq!(streams.load(Ordering::SeqCst), 2);
+        // On a new connection: the refusing one is no longer used for new calls.
+        assert_eq!(target.connections_made(), 2);
+    }
+
+    /// A call to a server that resets every stream with `reason`: whether the failure says
+    /// "maybe sent", and how many streams the server saw.
+    async fn always_reset(reason: fn(usize) -> Option<h2::Reason>) -> (bool, u64) {
+        let (url, streams) = h2_server(reason).await;
+        let target = h2c_target(&url);
+        let mut handed = false;
+        let err = target
+            .send(&Connection::default(), post(&url), &mut handed)
+            .await
+            .unwrap_err();
+        let SendError::Failed { sent, .. } = err else {
+            panic!("{err:?}")
+        };
+        (sent, streams.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_stream_reset_for_another_reason_may_have_been_processed_and_is_not_resent() {
+        let (sent, streams) = always_reset(|_| Some(h2::Reason::INTERNAL_ERROR)).await;
+        assert!(sent);
+        assert_eq!(streams, 1);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_keeps_refusing_is_asked_three_times_then_reported_unsent() {
+        let (sent, streams) = always_reset(|_| Some(h2::Reason::REFUSED_STREAM)).await;
+        assert!(!sent);
+        assert_eq!(streams, 1 + MAX_RESENDS as u64);
     }
 
     #[tokio::test]
