@@ -1,4 +1,5 @@
-//! The Gemini `generateContent` provider: a thin reqwest client (upstreams.md §1.2–1.5).
+//! The Gemini `generateContent` provider: a thin HTTP client (upstreams.md §1.2–1.5) — hyper's
+//! HTTP/2 on connections of our own when the upstream speaks HTTP/2 (`direct`), reqwest otherwise.
 //!
 //! What lives here: building the request (text part first, then the inputs as `inline_data`,
 //! `imageConfig` only when the job asks), one HTTP call per job, and turning the answer into a
