@@ -245,19 +245,18 @@ async fn connect_happily(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
         return connect_in_turn(&primary).await;
     }
     let primary_attempt = connect_in_turn(&primary);
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (primary_failed, failed) = tokio::sync::oneshot::channel::<()>();
     let fallback_attempt = async {
-        // Either the delay passes or the primary family fails (its sender dropped or used).
-        let _ = tokio::time::timeout(FALLBACK_DELAY, failed_rx).await;
+        // Either the delay passes or the primary family fails (its sender dropped).
+        let _ = tokio::time::timeout(FALLBACK_DELAY, failed).await;
         connect_in_turn(&fallback).await
     };
     tokio::pin!(primary_attempt, fallback_attempt);
-    let mut failed_tx = Some(failed_tx);
     tokio::select! {
         primary = &mut primary_attempt => match primary {
             Ok(tcp) => Ok(tcp),
             Err(_) => {
-                drop(failed_tx.take());
+                drop(primary_failed);
                 fallback_attempt.await
             }
         },
@@ -425,15 +424,21 @@ mod tests {
         (url, streams)
     }
 
+    /// A TLS configuration that trusts nothing (these targets never use it, or fail with it).
+    fn no_roots() -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        )
+    }
+
     fn h2c_target(url: &Url) -> Target {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        Target::new(url, Arc::new(tls), Duration::from_secs(5)).unwrap()
+        Target::new(url, no_roots(), Duration::from_secs(5)).unwrap()
     }
 
     fn post(url: &Url) -> impl Fn() -> Request<Full<Bytes>> {
@@ -516,17 +521,8 @@ mod tests {
 
     #[test]
     fn targets_take_the_url_host_port_and_scheme() {
-        let tls = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-        );
         let timeout = Duration::from_secs(1);
-        let target = |url: &str| Target::new(&Url::parse(url).unwrap(), tls.clone(), timeout);
+        let target = |url: &str| Target::new(&Url::parse(url).unwrap(), no_roots(), timeout);
         let google = target("https://generativelanguage.googleapis.com").unwrap();
         assert_eq!(
             (google.host.as_str(), google.port),

@@ -1040,16 +1040,20 @@ mod tests {
         GeminiProvider::new(config(&fake.base_url())).unwrap()
     }
 
-    /// Over HTTP/1.1 through reqwest, and over HTTP/2 on connections of our own (`direct`).
-    fn both_transports(fake: &FakeGemini) -> [GeminiProvider; 2] {
-        let h2c = GeminiProvider::new(GeminiConfig {
+    /// `config`, speaking cleartext HTTP/2 (on our own connections) when `h2c`.
+    fn transport_config(base_url: &str, h2c: bool) -> GeminiConfig {
+        GeminiConfig {
             connections: ConnectionSettings {
-                h2c: true,
+                h2c,
                 ..ConnectionSettings::default()
             },
-            ..config(&fake.base_url())
-        })
-        .unwrap();
+            ..config(base_url)
+        }
+    }
+
+    /// Over HTTP/1.1 through reqwest, and over HTTP/2 on connections of our own (`direct`).
+    fn both_transports(fake: &FakeGemini) -> [GeminiProvider; 2] {
+        let h2c = GeminiProvider::new(transport_config(&fake.base_url(), true)).unwrap();
         assert!(h2c.direct.is_some());
         [provider(fake), h2c]
     }
@@ -1368,11 +1372,7 @@ mod tests {
             fake.push_scenario(Scenario::Hang);
             let provider = GeminiProvider::new(GeminiConfig {
                 timeout: Duration::from_millis(300),
-                connections: ConnectionSettings {
-                    h2c,
-                    ..ConnectionSettings::default()
-                },
-                ..config(&fake.base_url())
+                ..transport_config(&fake.base_url(), h2c)
             })
             .unwrap();
             assert_eq!(provider.direct.is_some(), h2c);
@@ -1395,14 +1395,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         for h2c in [false, true] {
-            let provider = GeminiProvider::new(GeminiConfig {
-                connections: ConnectionSettings {
-                    h2c,
-                    ..ConnectionSettings::default()
-                },
-                ..config(&format!("http://{addr}"))
-            })
-            .unwrap();
+            let provider =
+                GeminiProvider::new(transport_config(&format!("http://{addr}"), h2c)).unwrap();
             let err = provider.generate(&job("x")).await.unwrap_err();
             let ProviderError::Transport { sent, message } = &err else {
                 panic!("{err:?}")
@@ -1417,14 +1411,7 @@ mod tests {
     async fn an_http2_connection_that_ended_is_made_again() {
         let fake = fake().await;
         let front = Front::start(&fake, None).await;
-        let provider = GeminiProvider::new(GeminiConfig {
-            connections: ConnectionSettings {
-                h2c: true,
-                ..ConnectionSettings::default()
-            },
-            ..config(&front.base_url)
-        })
-        .unwrap();
+        let provider = GeminiProvider::new(transport_config(&front.base_url, true)).unwrap();
         assert!(provider.generate(&job("x")).await.is_ok());
         // The connection is cut. The next call finds it ended and makes a new one — unless it
         // is written before the lane has noticed: then it fails (a broken pipe, as it would
