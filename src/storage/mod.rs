@@ -2,6 +2,7 @@
 //! Neither knows the wire contract.
 
 pub mod db;
+mod group_commit;
 pub mod images;
 
 pub use db::Db;

@@ -467,20 +467,26 @@ async fn credits_stay_exact_with_concurrent_partial_failures() {
     assert!(images > 0);
 }
 
-/// An admission that fails halfway (here: a task id used twice) takes nothing: the reservation
-/// made before the failure is rolled back, and the database connection works on.
-#[tokio::test]
-async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
-    use nano_banana::storage::{Db, db::Admission, db::NewTask};
-    let dir = tempfile::tempdir().expect("a temporary folder");
+/// A SQLite database in `dir` with one application, `app`, holding `credits`.
+async fn database_with_app(dir: &tempfile::TempDir, credits: i64) -> nano_banana::storage::Db {
     let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-    let db = Db::connect(&url).await.expect("a database");
+    let db = nano_banana::storage::Db::connect(&url)
+        .await
+        .expect("a database");
     let created = db
-        .create_first_application("app", "user", 100, "token", "hash", "nb-", 0)
+        .create_first_application("app", "user", credits, "token", "hash", "nb-", 0)
         .await
         .expect("an application");
     assert!(created);
-    let task = |id: &'static str| NewTask {
+    db
+}
+
+/// A task of `app` reserving 10 credits, claimed at admission by `owner` if given.
+fn ten_credit_task<'a>(
+    id: &'a str,
+    owner: Option<&'a str>,
+) -> nano_banana::storage::db::NewTask<'a> {
+    nano_banana::storage::db::NewTask {
         id,
         trace_id: "trace",
         application_id: "app",
@@ -492,8 +498,21 @@ async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
         model: "nano-banana",
         reserved: 10,
         now: 1,
-        claim: None,
-    };
+        claim: owner.map(|owner| nano_banana::storage::db::Claim {
+            owner,
+            until: i64::MAX,
+        }),
+    }
+}
+
+/// An admission that fails halfway (here: a task id used twice) takes nothing: the reservation
+/// made before the failure is rolled back, and the database connection works on.
+#[tokio::test]
+async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
+    use nano_banana::storage::db::Admission;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let db = database_with_app(&dir, 100).await;
+    let task = |id| ten_credit_task(id, None);
     let credits = || async {
         let app = db.get_application("app").await.expect("a query");
         let app = app.expect("the application");
@@ -518,5 +537,90 @@ async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
         Admission::Inserted
     );
     assert_eq!(credits().await, (80, 80));
+    db.close().await;
+}
+
+/// Admissions and settlements that arrive together are written in one SQLite transaction (group
+/// commit): each still gets its own answer, in arrival order, and one that fails fails alone.
+#[tokio::test]
+async fn admissions_and_settlements_written_together_answer_each_alone() {
+    use nano_banana::storage::db::{Admission, Completion, NewTask};
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let db = database_with_app(&dir, 55).await;
+    let ids = ["t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"];
+    let task = |id| ten_credit_task(id, Some("me"));
+    assert_eq!(
+        db.admit_task(&task("taken"), None).await.expect("admitted"),
+        Admission::Inserted
+    );
+    let credits = || async {
+        let app = db.get_application("app").await.expect("a query");
+        let app = app.expect("the application");
+        (app.credits, app.ledger_sum)
+    };
+    // Sent together, the writer finds them waiting and writes them in one transaction. A
+    // repeated id fails it; each is then written alone: that one fails, the other is admitted.
+    let again = [task("taken"), task("u1")];
+    let admitted =
+        futures_util::future::join_all(again.iter().map(|t| db.admit_task(t, None))).await;
+    assert!(admitted[0].is_err(), "the id is taken: {:?}", admitted[0]);
+    assert_eq!(
+        admitted[1].as_ref().expect("an answer"),
+        &Admission::Inserted
+    );
+    assert_eq!(credits().await, (35, 35));
+    // In arrival order: the first three take 30 of the 35 credits left, the rest find them used
+    // up.
+    let tasks: Vec<NewTask> = ids.iter().map(|id| task(id)).collect();
+    let admitted =
+        futures_util::future::join_all(tasks.iter().map(|t| db.admit_task(t, None))).await;
+    let admitted: Vec<Admission> = admitted
+        .into_iter()
+        .map(|a| a.expect("an answer"))
+        .collect();
+    assert_eq!(admitted[..3], vec![Admission::Inserted; 3]);
+    assert_eq!(admitted[3..], vec![Admission::UsedUp; 6]);
+    assert_eq!(credits().await, (5, 5));
+
+    // Settled together: the tasks held under this lease are recorded; one under another owner's
+    // name is not, and says so.
+    let db = &db;
+    let done = |owner: &'static str, id: &'static str| async move {
+        let completion = Completion {
+            succeeded: true,
+            images: 1,
+            failed_images: 0,
+            http_status: 200,
+            response: "{\"ok\":true}",
+            callback_url: None,
+            callback_id: "cb",
+            now: 2,
+        };
+        db.complete_task(id, owner, &completion).await
+    };
+    let settled = futures_util::future::join_all([
+        done("me", "taken"),
+        done("someone else", "t1"),
+        done("me", "t2"),
+        done("me", "t3"),
+    ])
+    .await;
+    let settled: Vec<bool> = settled.into_iter().map(|s| s.expect("an answer")).collect();
+    assert_eq!(settled, [true, false, true, true]);
+    for (id, state) in [
+        ("taken", "succeeded"),
+        ("t1", "processing"),
+        ("t2", "succeeded"),
+        ("t3", "succeeded"),
+        ("u1", "processing"),
+        ("t4", ""),
+    ] {
+        let found = db
+            .task_state(id)
+            .await
+            .expect("a query")
+            .unwrap_or_default();
+        assert_eq!(found, state, "task {id}");
+    }
     db.close().await;
 }
