@@ -19,8 +19,6 @@
 
 use std::{str::FromStr, time::Duration};
 
-use super::group_commit::{self, GroupCommit};
-
 use sqlx::{
     Row,
     postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
@@ -70,8 +68,6 @@ enum Pool {
     Sqlite {
         readers: SqlitePool,
         writer: SqlitePool,
-        /// The usual admissions and settlements, written in batches (`group_commit`).
-        group: GroupCommit,
     },
     Postgres(PgPool),
 }
@@ -267,6 +263,46 @@ macro_rules! insert_rows {
         });
         insert.build().execute(&mut *$tx).await.map(|_| n)
     }};
+}
+
+/// SQLite's usual admission (no idempotency key) as one batch of statements, transaction
+/// included: reserve the credits if the balance and the concurrency limit allow, then write the
+/// task and the ledger entry only if that reservation happened (`changes()`). One trip to the
+/// connection's thread instead of six (BENCHMARKS.md, S1 and S4). `false`: refused, nothing
+/// written; `admit_task`'s step-by-step path then finds out why.
+async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, DbError> {
+    let mut connection = writer.acquire().await?;
+    let batch = sqlx::query(concat!(
+        "BEGIN IMMEDIATE; \
+         UPDATE applications SET credits = credits - $11 \
+         WHERE id = $3 AND credits >= $11 AND (max_concurrent IS NULL OR max_concurrent > \
+             (SELECT COUNT(*) FROM tasks \
+              WHERE application_id = $3 AND state IN ('pending', 'processing'))); \
+         INSERT INTO tasks ",
+        new_task_columns!(),
+        " SELECT ",
+        new_task_values!(),
+        " WHERE changes() = 1 RETURNING id; \
+         INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
+         INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
+         SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0; \
+         COMMIT;",
+    ));
+    match bind_new_task!(batch, task)
+        .fetch_all(&mut *connection)
+        .await
+    {
+        Ok(inserted) => Ok(!inserted.is_empty()),
+        Err(e) => {
+            // The batch stopped inside its transaction: end it before the connection is used
+            // again, or close the connection if even that fails.
+            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
+                tracing::warn!(error = %rollback, "closing a connection after a failed admission");
+                drop(connection.detach());
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// A transaction that will write after it has read: see the module documentation.
@@ -480,11 +516,7 @@ impl Db {
             .connect_with(options.create_if_missing(false))
             .await?;
         Ok(Db {
-            pool: Pool::Sqlite {
-                group: GroupCommit::start(writer.clone()),
-                readers,
-                writer,
-            },
+            pool: Pool::Sqlite { readers, writer },
             node: uuid::Uuid::new_v4().to_string(),
         })
     }
@@ -521,9 +553,7 @@ impl Db {
 
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite {
-                readers, writer, ..
-            } => {
+            Pool::Sqlite { readers, writer } => {
                 readers.close().await;
                 writer.close().await;
             }
@@ -902,8 +932,8 @@ impl Db {
         task: &NewTask<'_>,
         idempotency: Option<(&str, &str, i64)>,
     ) -> Result<Admission, DbError> {
-        if let (None, Pool::Sqlite { group, .. }) = (idempotency, &self.pool)
-            && group.admit(group_commit::Admission::new(task)).await?
+        if let (None, Pool::Sqlite { writer, .. }) = (idempotency, &self.pool)
+            && admit_at_once(writer, task).await?
         {
             return Ok(Admission::Inserted);
         }
@@ -1170,23 +1200,12 @@ impl Db {
         }
         // Every image made (nothing to refund) and no callback to queue: on SQLite the fenced
         // UPDATE is the whole write, one trip instead of three.
-        if let Pool::Sqlite { group, .. } = &self.pool
+        if let Pool::Sqlite { writer, .. } = &self.pool
             && done.callback_url.is_none()
             && done.images > 0
             && done.failed_images == 0
         {
-            return group
-                .settle(group_commit::Settlement {
-                    id: id.to_owned(),
-                    owner: owner.to_owned(),
-                    state,
-                    http_status: i64::from(done.http_status),
-                    response: done.response.to_owned(),
-                    now: done.now,
-                    images: done.images,
-                    failed_images: done.failed_images,
-                })
-                .await;
+            return Ok(settle!().fetch_optional(writer).await?.is_some());
         }
         on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;

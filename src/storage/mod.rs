@@ -2,7 +2,6 @@
 //! Neither knows the wire contract.
 
 pub mod db;
-mod group_commit;
 pub mod images;
 
 pub use db::Db;

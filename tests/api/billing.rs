@@ -540,8 +540,8 @@ async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
     db.close().await;
 }
 
-/// Admissions and settlements that arrive together are written in one SQLite transaction (group
-/// commit): each still gets its own answer, in arrival order, and one that fails fails alone.
+/// Admissions and settlements sent at the same time each get their own answer, in the order
+/// they were sent, and one that fails fails alone (the writer connection works on).
 #[tokio::test]
 async fn admissions_and_settlements_written_together_answer_each_alone() {
     use nano_banana::storage::db::{Admission, Completion, NewTask};
@@ -558,8 +558,7 @@ async fn admissions_and_settlements_written_together_answer_each_alone() {
         let app = app.expect("the application");
         (app.credits, app.ledger_sum)
     };
-    // Sent together, the writer finds them waiting and writes them in one transaction. A
-    // repeated id fails it; each is then written alone: that one fails, the other is admitted.
+    // Sent together: a repeated id fails, the other is admitted.
     let again = [task("taken"), task("u1")];
     let admitted =
         futures_util::future::join_all(again.iter().map(|t| db.admit_task(t, None))).await;
