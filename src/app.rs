@@ -36,6 +36,7 @@ pub struct Application {
     created_token: Option<String>,
     placeholder: bool,
     shutdown_grace: Duration,
+    request_head_timeout: Duration,
 }
 
 impl Application {
@@ -111,6 +112,7 @@ impl Application {
             created_token,
             placeholder,
             shutdown_grace: config.shutdown_grace,
+            request_head_timeout: config.request_head_timeout,
         })
     }
 
@@ -148,7 +150,12 @@ impl Application {
             .tasks
             .spawn_background(stopped.clone(), self.shutdown_grace);
         // Connections share the router (a reference count each): no route table per connection.
-        let server = crate::http::server::serve(self.listener, self.router, stopped.clone());
+        let server = crate::http::server::serve(
+            self.listener,
+            self.router,
+            self.request_head_timeout,
+            stopped.clone(),
+        );
         let server = tokio::spawn(server);
         signal.await;
         tracing::info!(

@@ -217,6 +217,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_TASK_LEASE", value_name = "SECONDS")]
     pub task_lease: Option<u64>,
 
+    /// How long a client may take to send a request's head, counted from when its connection opened or its previous answer was sent; then the connection is closed (an idle keep-alive connection too) [default: 30]
+    #[arg(long, env = "NANO_BANANA_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
+    pub request_head_timeout: Option<u64>,
+
     /// Grace period for running tasks on SIGTERM/SIGINT, in seconds [default: 30]
     #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
@@ -303,6 +307,9 @@ pub struct Config {
     pub callback_signing_key: Option<Vec<u8>>,
     pub bootstrap_token: Option<String>,
     pub shutdown_grace: Duration,
+    /// How long a connection may take to send a request's head (from its opening or its
+    /// previous answer) before it is closed.
+    pub request_head_timeout: Duration,
     pub models: BTreeMap<String, RouteConfig>,
     pub prices: Prices,
     pub bootstrap_credits: i64,
@@ -390,6 +397,7 @@ impl Config {
             callback_signing_key: None,
             bootstrap_token: None,
             shutdown_grace: Duration::from_secs(30),
+            request_head_timeout: Duration::from_secs(30),
             models: BTreeMap::new(),
             prices: Prices::default(),
             bootstrap_credits: 1_000_000,
@@ -531,6 +539,12 @@ impl Config {
         }
         if let Some(s) = take!(shutdown_grace) {
             config.shutdown_grace = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(request_head_timeout) {
+            if s == 0 {
+                bail!("--request-head-timeout must be at least 1 second");
+            }
+            config.request_head_timeout = Duration::from_secs(s);
         }
         if let Some(secret) = take!(callback_secret).filter(|s| !s.is_empty()) {
             config.callback_signing_key = Some(decode_webhook_secret(&secret)?);
@@ -880,6 +894,21 @@ mod tests {
                 ..Default::default()
             })
             .contains("--public-base-url")
+        );
+        assert!(
+            bad(ServeArgs {
+                request_head_timeout: Some(0),
+                ..Default::default()
+            })
+            .contains("--request-head-timeout")
+        );
+        let from_file: ServeArgs =
+            toml::from_str("request_head_timeout = 5").expect("a valid file");
+        assert_eq!(
+            Config::merge(ServeArgs::default(), from_file, None)
+                .map(|c| c.request_head_timeout)
+                .ok(),
+            Some(Duration::from_secs(5))
         );
         let unknown: Result<ServeArgs, _> = toml::from_str("no_such_key = 1");
         assert!(unknown.is_err());

@@ -15,7 +15,7 @@ use std::{
 
 use axum::Router;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use tokio::{
@@ -32,7 +32,16 @@ const PARTIAL_PREFACE_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `stop` turns true; then stops accepting, asks every open
 /// connection to finish its requests in flight and close, and returns when all have closed.
-pub async fn serve(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+///
+/// A connection that has not sent a whole request head `head_timeout` after it opened (or, on
+/// HTTP/1.1, after its previous answer) is closed: a client cannot hold a connection, its task
+/// and its file descriptor by sending nothing, or a header a byte at a time.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    head_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     // Every connection task holds a receiver; `closed()` resolves when the last one is dropped.
     let (open_tx, open_rx) = watch::channel(());
     loop {
@@ -58,7 +67,7 @@ pub async fn serve(listener: TcpListener, router: Router, mut stop: watch::Recei
         let stop = stop.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {
-            serve_connection(stream, service, stop).await;
+            serve_connection(stream, service, head_timeout, stop).await;
             drop(open);
         });
     }
@@ -70,13 +79,14 @@ pub async fn serve(listener: TcpListener, router: Router, mut stop: watch::Recei
 async fn serve_connection(
     stream: TcpStream,
     service: TowerToHyperService<Router>,
+    head_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let h2 = tokio::select! {
-        sniffed = is_h2(&stream) => match sniffed {
-            Ok(Some(h2)) => h2,
-            // Closed before sending anything, or failed: nothing to serve.
-            Ok(None) | Err(_) => return,
+        sniffed = tokio::time::timeout(head_timeout, is_h2(&stream)) => match sniffed {
+            Ok(Ok(Some(h2))) => h2,
+            // Closed before sending anything, failed, or silent for too long: nothing to serve.
+            Ok(Ok(None) | Err(_)) | Err(_) => return,
         },
         // An idle connection that never sent a request: close it.
         _ = stop.wait_for(|stopped| *stopped) => return,
@@ -103,6 +113,10 @@ async fn serve_connection(
         // either way.
         let connection = hyper::server::conn::http1::Builder::new()
             .half_close(true)
+            // The head's clock starts when hyper begins reading one: at the connection's start
+            // and after each answer, never while a request is being handled.
+            .timer(TokioTimer::new())
+            .header_read_timeout(head_timeout)
             .serve_connection(io, service);
         drive(connection, |c| c.graceful_shutdown(), stop).await;
     }
