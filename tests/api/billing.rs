@@ -481,6 +481,13 @@ async fn database_with_app(dir: &tempfile::TempDir, credits: i64) -> nano_banana
     db
 }
 
+/// `app`'s balance and the sum of its ledger (equal when the books balance).
+async fn credits(db: &nano_banana::storage::Db) -> (i64, i64) {
+    let app = db.get_application("app").await.expect("a query");
+    let app = app.expect("the application");
+    (app.credits, app.ledger_sum)
+}
+
 /// A task of `app` reserving 10 credits, claimed at admission by `owner` if given.
 fn ten_credit_task<'a>(
     id: &'a str,
@@ -513,22 +520,17 @@ async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let db = database_with_app(&dir, 100).await;
     let task = |id| ten_credit_task(id, None);
-    let credits = || async {
-        let app = db.get_application("app").await.expect("a query");
-        let app = app.expect("the application");
-        (app.credits, app.ledger_sum)
-    };
     assert_eq!(
         db.admit_task(&task("one"), None).await.expect("admitted"),
         Admission::Inserted
     );
-    assert_eq!(credits().await, (90, 90));
+    assert_eq!(credits(&db).await, (90, 90));
     assert!(
         db.admit_task(&task("one"), None).await.is_err(),
         "the id is taken"
     );
     assert_eq!(
-        credits().await,
+        credits(&db).await,
         (90, 90),
         "nothing reserved by the failed admission"
     );
@@ -536,7 +538,7 @@ async fn a_failed_admission_reserves_nothing_and_the_next_one_works() {
         db.admit_task(&task("two"), None).await.expect("admitted"),
         Admission::Inserted
     );
-    assert_eq!(credits().await, (80, 80));
+    assert_eq!(credits(&db).await, (80, 80));
     db.close().await;
 }
 
@@ -553,11 +555,6 @@ async fn admissions_and_settlements_written_together_answer_each_alone() {
         db.admit_task(&task("taken"), None).await.expect("admitted"),
         Admission::Inserted
     );
-    let credits = || async {
-        let app = db.get_application("app").await.expect("a query");
-        let app = app.expect("the application");
-        (app.credits, app.ledger_sum)
-    };
     // Sent together: a repeated id fails, the other is admitted.
     let again = [task("taken"), task("u1")];
     let admitted =
@@ -567,7 +564,7 @@ async fn admissions_and_settlements_written_together_answer_each_alone() {
         admitted[1].as_ref().expect("an answer"),
         &Admission::Inserted
     );
-    assert_eq!(credits().await, (35, 35));
+    assert_eq!(credits(&db).await, (35, 35));
     // In arrival order: the first three take 30 of the 35 credits left, the rest find them used
     // up.
     let tasks: Vec<NewTask> = ids.iter().map(|id| task(id)).collect();
@@ -579,7 +576,7 @@ async fn admissions_and_settlements_written_together_answer_each_alone() {
         .collect();
     assert_eq!(admitted[..3], vec![Admission::Inserted; 3]);
     assert_eq!(admitted[3..], vec![Admission::UsedUp; 6]);
-    assert_eq!(credits().await, (5, 5));
+    assert_eq!(credits(&db).await, (5, 5));
 
     // Settled together: the tasks held under this lease are recorded; one under another owner's
     // name is not, and says so.
