@@ -64,6 +64,36 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// For `too_many_requests`: which limit refused, and when to come back (sent as headers).
+    pub throttle: Option<Throttle>,
+}
+
+/// Which limit answered `too_many_requests`, and when a client should come back. Every dialect
+/// sends it as `Retry-After` plus the limit's own headers, so a client can tell the two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// The per-minute request rate (`X-RateLimit-Limit`, `-Remaining`, `-Reset`). Exact: a
+    /// request sent `retry_after` seconds later is admitted.
+    Rate {
+        limit: u64,
+        remaining: u64,
+        retry_after: u64,
+        reset: u64,
+    },
+    /// The most unfinished tasks at a time (`X-Concurrency-Limit`, `X-Concurrency-Remaining`).
+    /// `retry_after` is an estimate of when one of them finishes, not a promise.
+    Concurrency { limit: u64, retry_after: u64 },
+}
+
+impl Throttle {
+    /// Whole seconds, at least 1.
+    pub fn retry_after(&self) -> u64 {
+        match *self {
+            Throttle::Rate { retry_after, .. } | Throttle::Concurrency { retry_after, .. } => {
+                retry_after.max(1)
+            }
+        }
+    }
 }
 
 impl ApiError {
@@ -71,6 +101,15 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            throttle: None,
+        }
+    }
+
+    /// `too_many_requests`, with the limit that refused.
+    pub fn throttled(throttle: Throttle, message: impl Into<String>) -> ApiError {
+        ApiError {
+            throttle: Some(throttle),
+            ..ApiError::new(ErrorCode::TooManyRequests, message)
         }
     }
 

@@ -4,19 +4,17 @@
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 
-use crate::api::{ApiError, ErrorCode};
+use crate::api::{ApiError, ErrorCode, Throttle};
 
 /// An error answer for one request.
 #[derive(Debug)]
 pub struct HttpError {
     pub trace_id: String,
     pub error: ApiError,
-    /// Seconds, for `too_many_requests`.
-    pub retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -24,7 +22,6 @@ impl HttpError {
         HttpError {
             trace_id: trace_id.to_owned(),
             error,
-            retry_after: None,
         }
     }
 
@@ -38,11 +35,34 @@ impl IntoResponse for HttpError {
         let status = StatusCode::from_u16(self.error.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(self.error.body(&self.trace_id, None))).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from(seconds));
+        if let Some(throttle) = &self.error.throttle {
+            throttle_headers(response.headers_mut(), throttle);
         }
         response
     }
+}
+
+/// `Retry-After` and the refusing limit's own headers, on a `too_many_requests` answer of any
+/// dialect.
+pub fn throttle_headers(headers: &mut HeaderMap, throttle: &Throttle) {
+    headers.insert("retry-after", HeaderValue::from(throttle.retry_after()));
+    match *throttle {
+        Throttle::Rate {
+            limit,
+            remaining,
+            reset,
+            ..
+        } => rate_limit_headers(headers, limit, remaining, reset),
+        Throttle::Concurrency { limit, .. } => {
+            headers.insert("x-concurrency-limit", HeaderValue::from(limit));
+            headers.insert("x-concurrency-remaining", HeaderValue::from(0u64));
+        }
+    }
+}
+
+/// `X-RateLimit-*`: sent on every answer to an application with a per-minute limit.
+pub fn rate_limit_headers(headers: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
 }

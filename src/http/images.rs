@@ -5,12 +5,12 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
 
-use super::{AppState, HttpError, TraceId, auth::Authenticated};
+use super::{AppState, HttpError, TraceId, auth::Authenticated, error::rate_limit_headers};
 use crate::{
     api::{self, ApiError, ErrorCode},
     domain::ImagesRequest,
@@ -52,45 +52,30 @@ pub async fn create(
             }
         }
     };
-    if let Some(decision) = decision.filter(|d| !d.allowed) {
-        let error = HttpError::code(
+    let answer = match decision.filter(|d| !d.allowed) {
+        Some(refused) => Err(HttpError::new(
             &trace_id,
-            ErrorCode::TooManyRequests,
-            format!(
-                "Too many requests: this application may make {} per minute.",
-                decision.limit
+            ApiError::throttled(
+                refused.throttle(),
+                format!(
+                    "Too many requests: this application may make {} per minute.",
+                    refused.limit
+                ),
             ),
-        );
-        let mut response = error.into_response();
-        rate_limit_headers(response.headers_mut(), &decision);
-        return Ok(response);
-    }
-    let mut response = create_task(state, trace_id, caller, headers, body).await?;
+        )),
+        None => create_task(state, trace_id, caller, headers, body).await,
+    };
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    // Every answer to a rate-limited application says where it stands, refused or not.
     if let Some(decision) = decision {
-        rate_limit_headers(response.headers_mut(), &decision);
+        rate_limit_headers(
+            response.headers_mut(),
+            decision.limit,
+            decision.remaining,
+            decision.reset_secs(),
+        );
     }
     Ok(response)
-}
-
-/// `Retry-After` (refused only) and `X-RateLimit-*`, in whole seconds rounded up, so that a
-/// client that waits exactly that long is admitted.
-fn rate_limit_headers(headers: &mut HeaderMap, decision: &crate::limits::Decision) {
-    let ceil = |d: std::time::Duration| d.as_millis().div_ceil(1000) as u64;
-    if !decision.allowed {
-        headers.insert(
-            "retry-after",
-            HeaderValue::from(ceil(decision.retry_after).max(1)),
-        );
-    }
-    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(decision.remaining),
-    );
-    headers.insert(
-        "x-ratelimit-reset",
-        HeaderValue::from(ceil(decision.reset_after)),
-    );
 }
 
 async fn create_task(

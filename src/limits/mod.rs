@@ -10,6 +10,8 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration, time::Instant};
 
+use crate::api::Throttle;
+
 mod redis;
 
 pub use self::redis::{
@@ -29,6 +31,28 @@ pub struct Decision {
     pub retry_after: Duration,
     /// Until the bucket is full again.
     pub reset_after: Duration,
+}
+
+impl Decision {
+    /// The refusal as the contract's throttle: whole seconds rounded up, so that a client that
+    /// waits exactly that long is admitted.
+    pub fn throttle(&self) -> Throttle {
+        Throttle::Rate {
+            limit: self.limit,
+            remaining: self.remaining,
+            retry_after: whole_seconds(self.retry_after).max(1),
+            reset: self.reset_secs(),
+        }
+    }
+
+    /// Seconds until the full burst is available again, rounded up (`X-RateLimit-Reset`).
+    pub fn reset_secs(&self) -> u64 {
+        whole_seconds(self.reset_after)
+    }
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
 }
 
 /// What the limiter says about one request.

@@ -414,6 +414,16 @@ pub enum Admission {
     },
 }
 
+/// When an application's longest-running task started, and its recent task durations
+/// (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// When the longest-running `processing` task started; `None` when none is running.
+    pub oldest_started: Option<i64>,
+    /// How long recently finished tasks took, newest first.
+    pub durations: Vec<i64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TaskRow {
     pub id: String,
@@ -1304,6 +1314,40 @@ impl Db {
             let status: Option<i64> = row.try_get("http_status")?;
             let response: Option<String> = row.try_get("response")?;
             Ok(response.map(|r| (status.unwrap_or(200) as u16, r)))
+        })
+    }
+
+    /// What the concurrency limit's `Retry-After` is estimated from: when the application's
+    /// longest-running task started, and how long its most
+    /// recently created finished tasks took (the newest first, at most `recent`).
+    pub async fn pace(&self, application_id: &str, recent: i64) -> Result<Pace, DbError> {
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(
+                "SELECT MIN(started_at) AS oldest FROM tasks \
+                 WHERE application_id = $1 AND state = 'processing'",
+            )
+            .bind(application_id)
+            .fetch_one(pool)
+            .await?;
+            let oldest_started: Option<i64> = row.try_get("oldest")?;
+            // Newest first along the (application_id, created_at) index; unfinished ones skipped.
+            let durations = sqlx::query(
+                "SELECT finished_at - COALESCE(started_at, created_at) AS took FROM tasks \
+                 WHERE application_id = $1 AND state IN ('succeeded', 'failed') \
+                     AND finished_at IS NOT NULL \
+                 ORDER BY created_at DESC LIMIT $2",
+            )
+            .bind(application_id)
+            .bind(recent)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>("took"))
+            .collect::<Result<Vec<_>, _>>()?;
+            Ok(Pace {
+                oldest_started,
+                durations,
+            })
         })
     }
 

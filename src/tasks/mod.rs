@@ -15,14 +15,14 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{
-    api::{self, ApiError, ErrorCode, TaskState},
+    api::{self, ApiError, ErrorCode, TaskState, Throttle},
     config::Config,
     domain::{ImagesRequest, Prices},
     fetch::{FetchError, Fetcher},
     providers::Routes,
     storage::{
         Db, ImageStore,
-        db::{Admission, Claim, ClaimedTask, Event, NewTask, TaskRow},
+        db::{Admission, Claim, ClaimedTask, Event, NewTask, Pace, TaskRow},
     },
 };
 
@@ -275,9 +275,23 @@ impl Tasks {
                 ));
             }
             Ok(Admission::TooManyConcurrent { limit }) => {
-                return Err(ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    format!("Too many unfinished tasks: at most {limit} at a time."),
+                let retry_after = match self.db.pace(&caller.application_id, PACE_SAMPLE).await {
+                    Ok(pace) => concurrency_retry_after(&pace, now_ms()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not estimate when a task finishes");
+                        TYPICAL_TASK
+                    }
+                };
+                return Err(ApiError::throttled(
+                    Throttle::Concurrency {
+                        limit: limit.max(0) as u64,
+                        retry_after: retry_after.as_secs(),
+                    },
+                    format!(
+                        "Too many unfinished tasks: at most {limit} at a time. \
+                         Try again when one has finished (in about {} s).",
+                        retry_after.as_secs()
+                    ),
                 ));
             }
             Ok(Admission::Existing {
@@ -512,6 +526,40 @@ pub struct Submitted {
     pub replayed: bool,
 }
 
+/// How many of an application's recent tasks its typical task duration is taken from.
+const PACE_SAMPLE: i64 = 20;
+/// The typical task when an application has none finished yet: what an image model takes.
+const TYPICAL_TASK: Duration = Duration::from_secs(10);
+/// The bounds of the concurrency limit's `Retry-After`.
+const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// When an application over its concurrency limit should try again: when its longest-running
+/// task is expected to end, judged by the median duration of its recent tasks (10 s without
+/// any). A task already past that median may end at any moment, or take much longer: then a
+/// quarter of the median. Whole seconds from 1 to 60 — an estimate, never a promise.
+fn concurrency_retry_after(pace: &Pace, now: i64) -> Duration {
+    let typical = median(&pace.durations)
+        .map(|ms| Duration::from_millis(ms.max(0) as u64))
+        .unwrap_or(TYPICAL_TASK);
+    let left = match pace.oldest_started {
+        Some(started) => {
+            let age = Duration::from_millis((now - started).max(0) as u64);
+            typical.checked_sub(age).unwrap_or(typical / 4)
+        }
+        // Nothing running yet (all queued): a whole task's time at least.
+        None => typical,
+    };
+    let seconds = left.as_millis().div_ceil(1000) as u64;
+    Duration::from_secs(seconds).clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX)
+}
+
+fn median(values: &[i64]) -> Option<i64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// A model the contract knows but this server's configuration does not offer.
 pub(crate) fn not_offered(request: &ImagesRequest) -> ApiError {
     ApiError::new(
@@ -577,4 +625,62 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(oldest_started: Option<i64>, durations: &[i64]) -> Pace {
+        Pace {
+            oldest_started,
+            durations: durations.to_vec(),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_what_is_left_of_a_typical_task() {
+        // Typical 12 s (the median), the running task started 4.5 s ago: 7.5 s left → 8 s.
+        let p = pace(
+            Some(100_000 - 4_500),
+            &[30_000, 12_000, 11_000, 12_000, 13_000],
+        );
+        assert_eq!(concurrency_retry_after(&p, 100_000), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn retry_after_without_history_assumes_ten_seconds() {
+        assert_eq!(
+            concurrency_retry_after(&pace(Some(0), &[]), 3_000),
+            Duration::from_secs(7)
+        );
+        // Only queued tasks: a whole typical task.
+        assert_eq!(
+            concurrency_retry_after(&pace(None, &[]), 3_000),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn an_overdue_task_gives_a_quarter_of_the_typical_time() {
+        let p = pace(Some(0), &[20_000]);
+        assert_eq!(concurrency_retry_after(&p, 90_000), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_stays_within_one_second_and_a_minute() {
+        assert_eq!(
+            concurrency_retry_after(&pace(Some(0), &[600_000]), 1_000),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            concurrency_retry_after(&pace(Some(0), &[100]), 1_000),
+            Duration::from_secs(1)
+        );
+        // A clock that went backwards does not panic or go negative.
+        assert_eq!(
+            concurrency_retry_after(&pace(Some(5_000), &[-50, 2_000]), 1_000),
+            Duration::from_secs(2)
+        );
+    }
 }

@@ -335,22 +335,117 @@ async fn the_rate_limit_admits_rate_plus_burst_and_retry_after_is_honest() {
 }
 
 #[tokio::test]
-async fn the_concurrency_limit_refuses_a_second_unfinished_task() {
+async fn the_concurrency_limit_refuses_a_second_unfinished_task_and_says_when_to_come_back() {
     let fake = FakeGemini::start(FakeGeminiOptions::default())
         .await
         .unwrap();
-    fake.push_scenario(Scenario::Slow(Duration::from_millis(800)));
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(1500)));
     let base_url = fake.base_url();
     let app = spawn_app_with(move |c| {
         c.admin_key = Some(ADMIN_KEY.into());
         crate::helpers::use_gemini(c, &base_url, "k");
     })
     .await;
-    let (_, token) = application(&app, 100, json!({"max_concurrent": 1})).await;
+    let (id, token) = application(&app, 100, json!({"max_concurrent": 1})).await;
     let first = generate(&app, &token, json!({"prompt": "slow", "async": true})).await;
-    assert_eq!(first.status, 200);
+    assert_eq!(first.status, 200, "{}", first.body);
     let second = generate(&app, &token, json!({"prompt": "x", "async": true})).await;
     assert_error(&second, 429, "too_many_requests");
+    // No history yet: the estimate is a typical task (10 s) less the running one's age.
+    let retry_after = header_number(&second, "retry-after");
+    assert!((1..=10).contains(&retry_after), "retry-after {retry_after}");
+    assert_eq!(second.headers["x-concurrency-limit"], "1");
+    assert_eq!(second.headers["x-concurrency-remaining"], "0");
+    // Not the per-minute limit: none is set, so none of its headers.
+    assert!(second.headers.get("x-ratelimit-limit").is_none());
+    assert_eq!(
+        balance(&app, &id).await,
+        (99, 99),
+        "the refusal reserved nothing"
+    );
+
+    // Once the running task has finished, the next request is admitted.
+    let first_id = first.body["task_id"].as_str().unwrap();
+    wait_until_finished(&app, &token, first_id).await;
+    let third = generate(&app, &token, json!({"prompt": "y", "async": true})).await;
+    assert_eq!(third.status, 200, "{}", third.body);
+}
+
+#[tokio::test]
+async fn a_concurrency_refusal_is_told_apart_from_the_rate_limit() {
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .unwrap();
+    let base_url = fake.base_url();
+    let app = spawn_app_with(move |c| {
+        c.admin_key = Some(ADMIN_KEY.into());
+        crate::helpers::use_gemini(c, &base_url, "k");
+    })
+    .await;
+    let (_, token) = application(
+        &app,
+        100,
+        json!({"max_concurrent": 1, "rate_per_minute": 600, "burst": 10}),
+    )
+    .await;
+    // A finished task of 1.2 s makes the typical duration; the next one hangs.
+    fake.push_scenario(Scenario::Slow(Duration::from_millis(1200)));
+    let done = generate(&app, &token, json!({"prompt": "timed"})).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    fake.push_scenario(Scenario::Slow(Duration::from_secs(30)));
+    let running = generate(&app, &token, json!({"prompt": "slow", "async": true})).await;
+    assert_eq!(running.status, 200, "{}", running.body);
+
+    let refused = generate(&app, &token, json!({"prompt": "x", "async": true})).await;
+    assert_error(&refused, 429, "too_many_requests");
+    // A typical task takes 1.2 s and the running one has just started: about 2 s.
+    let retry_after = header_number(&refused, "retry-after");
+    assert!((1..=2).contains(&retry_after), "retry-after {retry_after}");
+    assert_eq!(refused.headers["x-concurrency-limit"], "1");
+    // The rate limit admitted this request: its headers say so, with room left.
+    assert_eq!(refused.headers["x-ratelimit-limit"], "600");
+    assert!(header_number(&refused, "x-ratelimit-remaining") > 0);
+
+    // A request refused by the rate limit carries its headers, not the concurrency limit's.
+    let mut limited = None;
+    for _ in 0..20 {
+        let answer = generate(&app, &token, json!({"prompt": "x", "async": true})).await;
+        if answer.headers.get("x-concurrency-limit").is_none() {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the burst of 10 ran out");
+    assert_error(&limited, 429, "too_many_requests");
+    assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+    assert!(header_number(&limited, "retry-after") >= 1);
+}
+
+fn header_number(answer: &Answer, name: &str) -> u64 {
+    answer.headers[name]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Polls `retrieve` with `token` until the task has finished.
+async fn wait_until_finished(app: &TestApp, token: &str, task_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = app
+            .post(
+                "/nano-banana/tasks",
+                Some(token),
+                json!({"id": task_id}).to_string(),
+            )
+            .await;
+        if matches!(record.body["state"].as_str(), Some("succeeded" | "failed")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{task_id} did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
