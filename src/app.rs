@@ -5,17 +5,14 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use rand::{Rng, distr::Alphanumeric};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    accounts::{Accounts, AdminKey},
     config::{Config, UpstreamConfig},
     domain::{Model, RequestLimits},
     fetch::Fetcher,
-    http::{
-        self, AppState,
-        auth::{TokenCache, token_hash},
-    },
+    http::{self, AppState, Services},
     limits::{RateLimiter, RedisLimiter},
     providers::{
         ImageProvider, Route, Routes,
@@ -24,7 +21,8 @@ use crate::{
         upstream_takes_image_size,
     },
     storage::{Db, ImageStore},
-    tasks::{TaskSettings, Tasks, now_ms},
+    tasks::{TaskSettings, Tasks},
+    telemetry::redact_url,
 };
 
 pub struct Application {
@@ -32,6 +30,8 @@ pub struct Application {
     port: u16,
     base_url: String,
     router: axum::Router,
+    db: Db,
+    store: ImageStore,
     tasks: Arc<Tasks>,
     created_token: Option<String>,
     placeholder: bool,
@@ -52,10 +52,7 @@ impl Application {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
         let db = Db::connect(&config.database_url).await.with_context(|| {
-            format!(
-                "opening the database {}",
-                crate::config::redact_url(&config.database_url)
-            )
+            format!("opening the database {}", redact_url(&config.database_url))
         })?;
         // Not contacted here: a store that is down at start is reported by readiness, and a
         // request that needs it then fails with a clear error rather than the whole server.
@@ -75,39 +72,42 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
 
-        let created_token = bootstrap(
-            &db,
-            config.bootstrap_token.as_deref(),
-            config.bootstrap_credits,
-        )
-        .await?;
+        let accounts = Accounts::new(db.clone(), config.token_cache);
+        let created_token = accounts
+            .bootstrap(config.bootstrap_token.as_deref(), config.bootstrap_credits)
+            .await
+            .context("creating the first application and token")?;
         let mut settings = TaskSettings::from_config(&config);
         adjust(&mut settings);
         let placeholder = routes.uses_placeholder();
         let tasks = Tasks::new(
-            db,
-            store,
+            db.clone(),
+            store.clone(),
             routes,
             fetcher,
             config.prices.clone(),
             settings,
             base_url.clone(),
         );
-        let state = AppState {
+        let state = AppState::new(Services {
+            accounts,
             tasks: tasks.clone(),
+            images: store.clone(),
+            db: db.clone(),
             limits: RequestLimits {
                 max_prompt_chars: config.max_prompt_chars,
                 ..RequestLimits::default()
             },
-            rate_limiter: Arc::new(build_rate_limiter(&config).await?),
-            admin_key: config.admin_key.as_deref().map(Arc::from),
-            tokens: Arc::new(TokenCache::new(config.token_cache)),
-        };
+            rate_limiter: build_rate_limiter(&config).await?,
+            admin_key: config.admin_key.as_deref().map(AdminKey::new),
+        });
         Ok(Application {
             listener,
             port: local.port(),
             base_url,
             router: http::router(state, config.max_body_bytes),
+            db,
+            store,
             tasks,
             created_token,
             placeholder,
@@ -135,8 +135,14 @@ impl Application {
         self.placeholder
     }
 
-    pub fn tasks(&self) -> Arc<Tasks> {
-        self.tasks.clone()
+    /// The database (tests look inside it).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The image store (tests look inside it).
+    pub fn store(&self) -> &ImageStore {
+        &self.store
     }
 
     /// Serves until `signal` completes; then stops accepting, lets running tasks finish within
@@ -170,7 +176,7 @@ impl Application {
             Ok(Ok(())) | Err(_) => {}
             Ok(Err(e)) => return Err(e).context("the HTTP server task failed"),
         }
-        self.tasks.db().close().await;
+        self.db.close().await;
         Ok(())
     }
 }
@@ -255,48 +261,4 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
         );
     }
     Ok(routes)
-}
-
-/// On an empty database, creates the first application and token and returns the token (the
-/// only time it is ever available in clear).
-async fn bootstrap(db: &Db, wanted: Option<&str>, credits: i64) -> anyhow::Result<Option<String>> {
-    if db.count_tokens().await.context("counting tokens")? > 0 {
-        return Ok(None);
-    }
-    let token = match wanted {
-        Some(token) => token.to_owned(),
-        None => new_token(),
-    };
-    let created = db
-        .create_first_application(
-            &uuid::Uuid::new_v4().to_string(),
-            &uuid::Uuid::new_v4().to_string(),
-            credits,
-            &uuid::Uuid::new_v4().to_string(),
-            &token_hash(&token),
-            &token_prefix(&token),
-            now_ms(),
-        )
-        .await
-        .context("creating the first application and token")?;
-    if !created {
-        // Another node starting at the same moment made it.
-        return Ok(None);
-    }
-    Ok(Some(token))
-}
-
-/// `nb-` and 40 random alphanumerics (about 238 bits).
-pub fn new_token() -> String {
-    let random: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect();
-    format!("nb-{random}")
-}
-
-/// The short visible part of a token, shown in listings.
-pub fn token_prefix(token: &str) -> String {
-    token.chars().take(8).collect()
 }

@@ -17,8 +17,9 @@ use crate::{
     domain::Prices,
     fetch::{AllowRule, FetchPolicy},
     limits::{FailureMode, RedisSettings},
-    providers::lanes::ConnectionSettings,
+    providers::{gemini, lanes::ConnectionSettings},
     storage::images::{ImageUrls, MAX_SIGNED_URL_VALIDITY, S3Settings, StorageConfig, StorageUrl},
+    telemetry::redact_url,
 };
 
 /// Flags of `nano-banana serve`. Every field is optional so that "not given" can fall back to
@@ -370,7 +371,8 @@ impl std::fmt::Debug for Config {
     }
 }
 
-pub const DEFAULT_GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+/// Where data goes when no `--data-dir` is given.
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
 impl Config {
     /// Embedded defaults, with data under `data_dir`.
@@ -378,7 +380,7 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: data_dir.to_path_buf(),
-            database_url: sqlite_url(data_dir),
+            database_url: default_database_url(data_dir),
             public_base_url: None,
             storage: StorageConfig::Local(data_dir.join("images")),
             image_urls: ImageUrls::Route,
@@ -452,7 +454,7 @@ impl Config {
             .data_dir
             .clone()
             .or_else(|| file.data_dir.clone())
-            .unwrap_or_else(|| PathBuf::from("./data"));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let mut config = Config::with_data_dir(&data_dir);
         (config.storage, config.image_urls) =
             storage(&flags, &file, aws_keys, &data_dir.join("images"))?;
@@ -555,7 +557,7 @@ impl Config {
         let api_key = take!(gemini_api_key)
             .or(gemini_env_key)
             .filter(|k| !k.is_empty());
-        let base_url = take!(gemini_base_url).unwrap_or_else(|| DEFAULT_GEMINI_BASE_URL.into());
+        let base_url = take!(gemini_base_url).unwrap_or_else(|| gemini::DEFAULT_BASE_URL.into());
         let api_version = take!(gemini_api_version).unwrap_or_else(|| "v1beta".into());
         if !placeholder && let Some(api_key) = api_key {
             let official = UpstreamConfig {
@@ -753,45 +755,14 @@ pub fn decode_webhook_secret(secret: &str) -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
-/// A URL fit for logs: any password replaced by `<redacted>`.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("<redacted>"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        // Not a URL we can take apart: show only its scheme.
-        Err(_) => match url.split_once(':') {
-            Some((scheme, _)) => format!("{scheme}:<redacted>"),
-            None => "<redacted>".to_owned(),
-        },
-    }
-}
-
-fn sqlite_url(data_dir: &Path) -> String {
+/// The database of a data folder when no `--database-url` is given: SQLite, in the folder.
+pub fn default_database_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("nano-banana.db").display())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_in_logs_lose_their_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db.internal:5432/nb"),
-            "postgres://app:%3Credacted%3E@db.internal:5432/nb"
-        );
-        assert_eq!(
-            redact_url("postgres://root@127.0.0.1/test"),
-            "postgres://root@127.0.0.1/test"
-        );
-        assert_eq!(
-            redact_url("sqlite://./data/nano-banana.db"),
-            "sqlite://./data/nano-banana.db"
-        );
-    }
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
@@ -835,7 +806,7 @@ mod tests {
         let config =
             Config::merge(ServeArgs::default(), ServeArgs::default(), Some("k".into())).unwrap();
         assert_eq!(config.gemini.unwrap().api_key, "k");
-        assert_eq!(config.official.unwrap().base_url, DEFAULT_GEMINI_BASE_URL);
+        assert_eq!(config.official.unwrap().base_url, gemini::DEFAULT_BASE_URL);
         let forced = ServeArgs {
             placeholder: Some(true),
             ..ServeArgs::default()

@@ -38,7 +38,7 @@ enum Command {
     /// Show a task, or wait for it to finish and save its images
     Task(client::TaskArgs),
     /// Administer applications, tokens, credits, limits and usage
-    Admin(nano_banana::admin::AdminArgs),
+    Admin(client::admin::AdminArgs),
     /// Run a fake Gemini upstream on loopback (for trying the server without a key)
     FakeGemini(FakeGeminiArgs),
 }
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => client::generate(args).await,
             Command::Edit(args) => client::edit(args).await,
             Command::Task(args) => client::task(args).await,
-            Command::Admin(args) => nano_banana::admin::cli(args).await,
+            Command::Admin(args) => client::admin::cli(args).await,
             Command::FakeGemini(args) => fake_gemini(args).await,
         }
     });

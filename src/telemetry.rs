@@ -1,5 +1,6 @@
 //! Logging and metrics setup. Logs: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`). Metrics: a process-wide Prometheus recorder, rendered at `GET /metrics`.
+//! (default `info`); `redact_url` keeps secrets out of them. Metrics: a process-wide Prometheus
+//! recorder, rendered at `GET /metrics`. Imports nothing of the crate.
 
 use std::sync::OnceLock;
 
@@ -33,4 +34,55 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
                 .ok()
         })
         .as_ref()
+}
+
+/// A URL fit for logs: any password replaced by `<redacted>`; a string that is not a URL shows
+/// only its scheme (it might be all secret).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only fails for URLs that cannot have a password, which this one has.
+            let _ = parsed.set_password(Some("<redacted>"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => match url.split_once(':') {
+            Some((scheme, _)) if !scheme.is_empty() && !scheme.contains('/') => {
+                format!("{scheme}:<redacted>")
+            }
+            _ => "<redacted>".to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_logs_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/nb"),
+            "postgres://app:%3Credacted%3E@db.internal:5432/nb"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret-pw@cache:6379/0"),
+            "redis://:%3Credacted%3E@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://root@127.0.0.1/test"),
+            "postgres://root@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/nano-banana.db"),
+            "sqlite://./data/nano-banana.db"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_url_is_hidden() {
+        assert_eq!(redact_url("::s3cret-pw::"), "<redacted>");
+        assert_eq!(redact_url("s3cret-pw"), "<redacted>");
+        assert_eq!(redact_url("redis://u:pw@host:port"), "redis:<redacted>");
+    }
 }

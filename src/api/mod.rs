@@ -1,13 +1,24 @@
 //! The wire contract: error codes, the success/accepted/error bodies and the task record, exactly as
-//! `contract.md` spells them. Shared by the server (which writes them) and the tests and client
-//! (which read them). Nothing here knows about axum, the database or the upstreams.
+//! `docs/contract.md` and `openapi.json` spell them. Shared by the server (which writes them) and
+//! the tests and client (which read them).
+//!
+//! Imports nothing of the crate: every other module may use it, it uses none of them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-/// The contract's error codes. The HTTP status of each is fixed by the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+mod record;
+
+pub use record::{TaskBatch, TaskRecord};
+
+/// The id of the one API this server offers, as task records show it (`api_id`) and as a token's
+/// `apis` list names it.
+pub const IMAGES_API_ID: &str = "5f1e3a0c-9b7d-4c2e-8a61-3d2b9f4e7c10";
+
+/// The contract's error codes. The HTTP status of each is fixed by the contract. `Other` is a code
+/// this version does not know, read from another server (the client talks to any server that
+/// speaks the contract); we never send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorCode {
     NoToken,
     BadRequest,
@@ -22,10 +33,27 @@ pub enum ErrorCode {
     RequestTooLarge,
     TooManyRequests,
     ApiError,
+    Other(String),
 }
 
 impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
+    const KNOWN: [ErrorCode; 13] = [
+        ErrorCode::NoToken,
+        ErrorCode::BadRequest,
+        ErrorCode::Disabled,
+        ErrorCode::ApiNotImplemented,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenMismatched,
+        ErrorCode::UsedUp,
+        ErrorCode::Forbidden,
+        ErrorCode::NoApi,
+        ErrorCode::RequestTooLarge,
+        ErrorCode::TooManyRequests,
+        ErrorCode::ApiError,
+    ];
+
+    pub fn as_str(&self) -> &str {
         match self {
             ErrorCode::NoToken => "no_token",
             ErrorCode::BadRequest => "bad_request",
@@ -40,10 +68,19 @@ impl ErrorCode {
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::ApiError => "api_error",
+            ErrorCode::Other(code) => code,
         }
     }
 
-    pub fn http_status(self) -> u16 {
+    /// The code of `text`; `Other` when it is none of the contract's.
+    pub fn parse(text: &str) -> ErrorCode {
+        ErrorCode::KNOWN
+            .into_iter()
+            .find(|code| code.as_str() == text)
+            .unwrap_or_else(|| ErrorCode::Other(text.to_owned()))
+    }
+
+    pub fn http_status(&self) -> u16 {
         match self {
             ErrorCode::NoToken
             | ErrorCode::BadRequest
@@ -54,8 +91,27 @@ impl ErrorCode {
             ErrorCode::NoApi => 404,
             ErrorCode::RequestTooLarge => 413,
             ErrorCode::TooManyRequests => 429,
-            ErrorCode::ApiError => 500,
+            ErrorCode::ApiError | ErrorCode::Other(_) => 500,
         }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        Ok(ErrorCode::parse(&text))
     }
 }
 
@@ -132,7 +188,7 @@ impl ApiError {
         body.insert("trace_id".into(), Value::String(trace_id.to_owned()));
         body.insert(
             "error".into(),
-            json!({"code": self.code.as_str(), "message": self.message}),
+            json!({"code": self.code, "message": self.message}),
         );
         Value::Object(body)
     }
@@ -225,6 +281,18 @@ mod tests {
             serde_json::to_value(ErrorCode::ApiNotImplemented).unwrap(),
             "api_not_implemented"
         );
+    }
+
+    #[test]
+    fn every_code_reads_back_and_other_servers_codes_are_kept() {
+        for code in ErrorCode::KNOWN {
+            let text = serde_json::to_value(&code).unwrap();
+            assert_eq!(serde_json::from_value::<ErrorCode>(text).unwrap(), code);
+        }
+        let other: ErrorCode = serde_json::from_value(json!("quota_exceeded")).unwrap();
+        assert_eq!(other, ErrorCode::Other("quota_exceeded".into()));
+        assert_eq!(other.to_string(), "quota_exceeded");
+        assert_eq!(other.http_status(), 500);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::output::FetchedImage;
 use super::{ClientError, ClientOptions};
+use crate::api::ErrorCode;
 
 /// Long enough for a slow TLS handshake, short enough that a wrong `--base-url` fails fast
 /// instead of hanging for the whole `--timeout`.
@@ -196,7 +197,7 @@ pub fn contract_error(
     };
     Some(ClientError::Api {
         status,
-        code: field("code").unwrap_or_else(|| "unknown".to_string()),
+        code: ErrorCode::parse(&field("code").unwrap_or_else(|| "unknown".to_string())),
         message: field("message").unwrap_or_default(),
         trace_id: body
             .get("trace_id")

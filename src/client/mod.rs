@@ -1,11 +1,14 @@
 //! The command-line client: `generate`, `edit` and `task`, talking to any server that speaks the
-//! Nano Banana Images API contract (ours or the original service).
+//! Nano Banana Images API contract (ours or the original service), and `admin` (`admin.rs`).
+//! Error codes and task states are read as `crate::api` types; bodies and records are otherwise
+//! read field by field, so that a server that adds or omits a field still works.
 //!
 //! Each command is a thin wrapper (spinner on a terminal, printing to stdout) around a core
 //! `run_*` function that returns an [`Outcome`], so tests drive the real logic against a fake
 //! server without a terminal. Not here: the server side of the contract, argument dispatch
 //! (`main.rs`), error printing (the binary prints the returned error as `error: {err:#}`).
 
+pub mod admin;
 mod api;
 mod input;
 mod output;
@@ -21,6 +24,8 @@ use serde_json::{Map, Value, json};
 
 use api::Api;
 use output::Target;
+
+use crate::api::{ErrorCode, TaskState};
 
 /// Connection settings shared by every client command.
 #[derive(clap::Args, Debug, Clone)]
@@ -129,7 +134,8 @@ pub enum ClientError {
     #[error("{code}: {message}{}", trace_suffix(trace_id))]
     Api {
         status: Option<u16>,
-        code: String,
+        /// One of the contract's codes, or `Other` with what another server sent.
+        code: ErrorCode,
         message: String,
         trace_id: Option<String>,
     },
@@ -424,7 +430,7 @@ pub async fn run_task(args: &TaskArgs, settings: Settings) -> Result<Outcome, Cl
         return Ok(Outcome::Raw(record));
     }
     let response = record.get("response").cloned().unwrap_or(Value::Null);
-    if state_of(&record) == "failed" {
+    if TaskState::parse(&state_of(&record)) == Some(TaskState::Failed) {
         return Err(
             api::contract_error(&response, None, None).unwrap_or_else(|| unexpected_ok(&record))
         );
@@ -452,7 +458,7 @@ async fn wait_for(
         match api.retrieve_task(id).await {
             Ok(Some(record)) => {
                 let state = state_of(&record);
-                if state == "succeeded" || state == "failed" {
+                if TaskState::parse(&state).is_some_and(TaskState::is_terminal) {
                     spinner.set_message("downloading");
                     return Ok(record);
                 }

@@ -5,11 +5,16 @@
 //!
 //! What does not live here: fetching images (`fetch`), the model → upstream mapping (`providers`).
 
-use serde_json::{Map, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+mod lookup;
 pub mod model;
 mod prices;
 
+pub use lookup::{MAX_BATCH_IDS, TasksRequest};
 pub use model::Model;
 pub use prices::Prices;
 
@@ -330,6 +335,25 @@ fn optional_str<'a>(
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(_) => Err(invalid(format!("{field} must be a string."))),
     }
+}
+
+/// The lowercase hex SHA-256 of `bytes`: how tokens are stored and request bodies compared.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(64);
+    for byte in Sha256::digest(bytes) {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// The domain's clock: Unix time in milliseconds, as every stored time is. A clock before 1970
+/// reads as 0 rather than failing.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

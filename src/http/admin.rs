@@ -1,6 +1,7 @@
 //! `/admin/…`: the administration API (ours). Protected by the admin key from configuration
 //! (`authorization: Bearer KEY`); when none is configured these routes do not exist (404
-//! `no_api`). Each route builds an `AdminCommand` and runs it, exactly as the CLI does.
+//! `no_api`). Each route builds an `AdminRequest` and runs it through `accounts`, exactly as the
+//! CLI does.
 
 use axum::{
     Extension, Json, Router,
@@ -12,11 +13,10 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::{AppState, HttpError, TraceId, images::parse_json_body};
+use super::{AppState, HttpError, TraceId, auth::bearer, images::parse_json_body};
 use crate::{
-    admin::{Admin, AdminCommand, AdminError, AppsCommand, Limits, TokensCommand},
+    accounts::{AdminError, AdminRequest, Limits, NewApplication, NewToken},
     api::{ApiError, ErrorCode},
 };
 
@@ -45,19 +45,11 @@ async fn require_admin_key(
         return HttpError::code(&trace_id, ErrorCode::NoApi, "No API at this path.")
             .into_response();
     };
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim());
-    let Some(given) = given else {
+    let Some(given) = bearer(request.headers()) else {
         return HttpError::code(&trace_id, ErrorCode::NoToken, "The admin key is required.")
             .into_response();
     };
-    // Compare digests, so the comparison takes the same time wherever the keys differ.
-    if Sha256::digest(given.as_bytes()) != Sha256::digest(expected.as_bytes()) {
+    if !expected.matches(given) {
         return HttpError::code(
             &trace_id,
             ErrorCode::InvalidToken,
@@ -71,15 +63,9 @@ async fn require_admin_key(
 async fn run(
     state: &AppState,
     trace_id: &str,
-    command: AdminCommand,
+    request: AdminRequest,
 ) -> Result<Json<Value>, HttpError> {
-    let admin = Admin {
-        db: state.tasks.db(),
-    };
-    let outcome = admin.run(&command).await;
-    // Tokens and applications may have changed (revoked, disabled, new limits): the next
-    // request of every token reads them again.
-    state.tokens.clear();
+    let outcome = state.accounts.administer(&request).await;
     outcome.map(Json).map_err(|e| match e {
         AdminError::NotFound(message) => HttpError::code(trace_id, ErrorCode::NoApi, message),
         AdminError::Invalid(message) => HttpError::code(trace_id, ErrorCode::BadRequest, message),
@@ -104,34 +90,20 @@ fn body<T: for<'de> Deserialize<'de>>(
     })
 }
 
-#[derive(Deserialize)]
-struct NewApp {
-    name: String,
-    #[serde(default)]
-    credits: i64,
-    #[serde(flatten)]
-    limits: Limits,
-}
-
 async fn create_app(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, HttpError> {
-    let new: NewApp = body(&trace_id, raw)?;
-    let command = AppsCommand::Create {
-        name: new.name,
-        credits: new.credits,
-        limits: new.limits,
-    };
-    run(&state, &trace_id, AdminCommand::Apps(command)).await
+    let new: NewApplication = body(&trace_id, raw)?;
+    run(&state, &trace_id, AdminRequest::CreateApplication(new)).await
 }
 
 async fn list_apps(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
 ) -> Result<Json<Value>, HttpError> {
-    run(&state, &trace_id, AdminCommand::Apps(AppsCommand::List)).await
+    run(&state, &trace_id, AdminRequest::ListApplications).await
 }
 
 async fn show_app(
@@ -139,12 +111,7 @@ async fn show_app(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
-    run(
-        &state,
-        &trace_id,
-        AdminCommand::Apps(AppsCommand::Show { id }),
-    )
-    .await
+    run(&state, &trace_id, AdminRequest::ShowApplication { id }).await
 }
 
 #[derive(Deserialize)]
@@ -159,12 +126,7 @@ async fn topup(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, HttpError> {
     let Topup { credits } = body(&trace_id, raw)?;
-    run(
-        &state,
-        &trace_id,
-        AdminCommand::Apps(AppsCommand::Topup { id, credits }),
-    )
-    .await
+    run(&state, &trace_id, AdminRequest::TopUp { id, credits }).await
 }
 
 async fn disable(
@@ -172,12 +134,8 @@ async fn disable(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
-    run(
-        &state,
-        &trace_id,
-        AdminCommand::Apps(AppsCommand::Disable { id }),
-    )
-    .await
+    let request = AdminRequest::SetDisabled { id, disabled: true };
+    run(&state, &trace_id, request).await
 }
 
 async fn enable(
@@ -185,12 +143,11 @@ async fn enable(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
-    run(
-        &state,
-        &trace_id,
-        AdminCommand::Apps(AppsCommand::Enable { id }),
-    )
-    .await
+    let request = AdminRequest::SetDisabled {
+        id,
+        disabled: false,
+    };
+    run(&state, &trace_id, request).await
 }
 
 async fn limits(
@@ -200,21 +157,7 @@ async fn limits(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, HttpError> {
     let limits: Limits = body(&trace_id, raw)?;
-    run(
-        &state,
-        &trace_id,
-        AdminCommand::Apps(AppsCommand::Limits { id, limits }),
-    )
-    .await
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
-    #[serde(default)]
-    name: String,
-    expires_at: Option<i64>,
-    apis: Option<String>,
+    run(&state, &trace_id, AdminRequest::SetLimits { id, limits }).await
 }
 
 async fn create_token(
@@ -223,14 +166,11 @@ async fn create_token(
     Path(application_id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, HttpError> {
-    let new: NewToken = body(&trace_id, raw)?;
-    let command = TokensCommand::Create {
+    let new = NewToken {
         application_id,
-        name: new.name,
-        expires_at: new.expires_at,
-        apis: new.apis,
+        ..body(&trace_id, raw)?
     };
-    run(&state, &trace_id, AdminCommand::Tokens(command)).await
+    run(&state, &trace_id, AdminRequest::CreateToken(new)).await
 }
 
 #[derive(Deserialize)]
@@ -243,10 +183,10 @@ async fn list_tokens(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Query(filter): Query<TokenFilter>,
 ) -> Result<Json<Value>, HttpError> {
-    let command = TokensCommand::List {
+    let request = AdminRequest::ListTokens {
         application_id: filter.application_id,
     };
-    run(&state, &trace_id, AdminCommand::Tokens(command)).await
+    run(&state, &trace_id, request).await
 }
 
 async fn revoke_token(
@@ -254,17 +194,12 @@ async fn revoke_token(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
-    run(
-        &state,
-        &trace_id,
-        AdminCommand::Tokens(TokensCommand::Revoke { id }),
-    )
-    .await
+    run(&state, &trace_id, AdminRequest::RevokeToken { id }).await
 }
 
 async fn usage(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
 ) -> Result<Json<Value>, HttpError> {
-    run(&state, &trace_id, AdminCommand::Usage).await
+    run(&state, &trace_id, AdminRequest::Usage).await
 }

@@ -21,7 +21,7 @@ pub async fn get(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(key): Path<String>,
 ) -> Result<Response, HttpError> {
-    match state.tasks.store().get(&key).await {
+    match state.images.get(&key).await {
         Ok(image) => Ok((
             [
                 (header::CONTENT_TYPE, image.content_type.to_owned()),

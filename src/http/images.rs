@@ -81,7 +81,7 @@ pub async fn create(
 async fn create_task(
     state: AppState,
     trace_id: String,
-    caller: crate::tasks::Caller,
+    caller: crate::accounts::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {

@@ -33,8 +33,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     }
     let mut checks = vec![
-        ("database", check(state.tasks.db().ping()).await),
-        ("storage", check(state.tasks.store().check()).await),
+        ("database", check(state.db.ping()).await),
+        ("storage", check(state.images.check()).await),
     ];
     if state.rate_limiter.is_shared() {
         checks.push(("redis", check(state.rate_limiter.check()).await));
@@ -73,7 +73,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         )
             .into_response();
     };
-    match state.tasks.db().queue_stats().await {
+    match state.tasks.queue_stats().await {
         Ok(stats) => {
             for state_name in ["pending", "processing", "succeeded", "failed"] {
                 let n = stats

@@ -1,6 +1,9 @@
 //! The HTTP surface: the contract's routes and aliases, our own routes (stored images, health,
-//! OpenAPI), the trace-id middleware and the 404 fallback. Handlers parse and authenticate, then
-//! hand over to `tasks`; they never touch SQL or the upstreams.
+//! OpenAPI, administration), the trace-id middleware and the 404 fallback. Handlers parse the
+//! request into `domain` types, authenticate through `accounts`, hand over to `tasks`, and map
+//! every error to the contract's body (`error.rs`).
+//!
+//! Never here: SQL, upstream calls, token hashing. Nothing below `http` imports it (only `app`).
 
 use std::{
     pin::Pin,
@@ -18,7 +21,14 @@ use axum::{
 };
 use tracing::Instrument;
 
-use crate::{api::ErrorCode, domain::RequestLimits, tasks::Tasks};
+use crate::{
+    accounts::{Accounts, AdminKey},
+    api::ErrorCode,
+    domain::RequestLimits,
+    limits::RateLimiter,
+    storage::{Db, ImageStore},
+    tasks::Tasks,
+};
 
 mod admin;
 pub mod auth;
@@ -31,17 +41,37 @@ mod tasks;
 
 pub use error::HttpError;
 
-/// What every handler may use.
+/// What every handler may use: one reference count, cloned per request by axum's `State`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// The services behind the routes.
+pub struct Services {
+    pub accounts: Accounts,
     pub tasks: Arc<Tasks>,
+    /// Stored images, served by `GET /images/{key}`.
+    pub images: ImageStore,
+    /// For readiness only: handlers reach data through `accounts` and `tasks`.
+    pub db: Db,
     pub limits: RequestLimits,
     /// Per-application rate limits; `check()` tells readiness whether its store answers.
-    pub rate_limiter: Arc<crate::limits::RateLimiter>,
+    pub rate_limiter: RateLimiter,
     /// `None`: the admin API is off.
-    pub admin_key: Option<Arc<str>>,
-    /// Token lookups reused for a few seconds.
-    pub tokens: Arc<auth::TokenCache>,
+    pub admin_key: Option<AdminKey>,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// The request's trace id, set by the middleware before any handler runs.

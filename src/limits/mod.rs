@@ -16,7 +16,6 @@ mod redis;
 
 pub use self::redis::{
     DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, FailureMode, RedisLimiter, RedisSettings,
-    redact_url,
 };
 
 /// The answer for one request.

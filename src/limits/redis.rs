@@ -22,6 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
 use super::{Gcra, LimiterError, Verdict};
+use crate::telemetry::redact_url;
 
 /// What a request gets when Redis cannot be asked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -77,21 +78,6 @@ impl RedisSettings {
     /// The URL with its password replaced, for logs.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
-    }
-}
-
-/// A Redis URL without its password; an unparsable one is hidden entirely (it might be all
-/// secret).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Only fails for URLs that cannot have a password, which this one has.
-                let _ = parsed.set_password(Some("redacted"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparsable, redacted>".to_owned(),
     }
 }
 

@@ -7,8 +7,9 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::watch;
 
-use super::{Tasks, now_ms, worker::backoff};
+use super::{Tasks, worker::backoff};
 use crate::{
+    domain::now_ms,
     fetch::FetchError,
     storage::db::{CallbackAttempt, CallbackOutcome, CallbackRow},
 };

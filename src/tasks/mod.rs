@@ -8,42 +8,30 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{
-    api::{self, ApiError, ErrorCode, TaskState, Throttle},
+    accounts::Caller,
+    api::{self, ApiError, ErrorCode, IMAGES_API_ID, TaskRecord, TaskState, Throttle},
     config::Config,
-    domain::{ImagesRequest, Prices},
+    domain::{ImagesRequest, Prices, now_ms, sha256_hex},
     fetch::{FetchError, Fetcher},
     providers::Routes,
     storage::{
         Db, ImageStore,
-        db::{Admission, Claim, ClaimedTask, Event, NewTask, Pace, TaskRow},
+        db::{Admission, Claim, ClaimedTask, DbError, Event, NewTask, Pace, QueueStats, TaskRow},
     },
 };
 
 pub mod callbacks;
 mod worker;
 
-/// The id of the one API this server offers, as it appears in task records (`api_id`).
-pub const IMAGES_API_ID: &str = "5f1e3a0c-9b7d-4c2e-8a61-3d2b9f4e7c10";
-
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// Who is asking: resolved from the bearer token by the HTTP layer.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub application_id: String,
-    pub user_id: String,
-    pub token_id: String,
-    /// The application's request rate limit, if it has one: (per minute, burst).
-    pub rate_limit: Option<(u64, u64)>,
-}
 
 /// A task's final answer: the HTTP status a sync client gets, and the body (also the record's
 /// `response` and the callback's payload).
@@ -158,14 +146,6 @@ impl Tasks {
         })
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    pub fn store(&self) -> &ImageStore {
-        &self.store
-    }
-
     /// Starts the workers and the callback deliverer; they stop when `shutdown` turns true,
     /// after running tasks finish or `grace` passes (then their tasks go back to the queue).
     pub fn spawn_background(
@@ -255,7 +235,7 @@ impl Tasks {
             }),
         };
         // serde_json sorts object keys, so equal bodies hash equal whatever their order.
-        let hash = idempotency_key.map(|_| crate::http::auth::token_hash(&request_json));
+        let hash = idempotency_key.map(|_| sha256_hex(request_json.as_bytes()));
         let window = IDEMPOTENCY_WINDOW.as_millis() as i64;
         let idempotency = idempotency_key
             .zip(hash.as_deref())
@@ -401,13 +381,18 @@ impl Tasks {
         }
     }
 
+    /// Tasks per state and the callback backlog, for `/metrics`.
+    pub async fn queue_stats(&self) -> Result<QueueStats, DbError> {
+        self.db.queue_stats().await
+    }
+
     /// One task record in the contract's shape; `None` for an unknown task or another
     /// application's task (both answer `{}`).
     pub async fn retrieve(
         &self,
         application_id: &str,
         id: &str,
-    ) -> Result<Option<Value>, TaskError> {
+    ) -> Result<Option<TaskRecord>, TaskError> {
         match self.db.get_task(id, application_id).await? {
             Some(row) => Ok(Some(task_record(&row)?)),
             None => Ok(None),
@@ -418,7 +403,7 @@ impl Tasks {
         &self,
         application_id: &str,
         ids: &[String],
-    ) -> Result<Vec<Value>, TaskError> {
+    ) -> Result<Vec<TaskRecord>, TaskError> {
         self.db
             .get_tasks(ids, application_id)
             .await?
@@ -585,46 +570,31 @@ pub fn image_error(index: usize, error: &FetchError) -> ApiError {
 
 /// Builds the contract's task record from a row. A record of an unfinished task has no
 /// `finished_at`, no `elapsed` and no `response` key at all.
-fn task_record(row: &TaskRow) -> Result<Value, TaskError> {
+fn task_record(row: &TaskRow) -> Result<TaskRecord, TaskError> {
     let state = TaskState::parse(&row.state).unwrap_or(TaskState::Pending);
-    let mut record = Map::new();
-    record.insert("id".into(), row.id.clone().into());
-    record.insert("trace_id".into(), row.trace_id.clone().into());
-    record.insert("type".into(), "images".into());
-    record.insert("application_id".into(), row.application_id.clone().into());
-    record.insert("user_id".into(), row.user_id.clone().into());
-    record.insert("api_id".into(), row.api_id.clone().into());
-    record.insert("credential_id".into(), row.credential_id.clone().into());
-    record.insert(
-        "created_at".into(),
-        api::unix_seconds(row.created_at).into(),
-    );
-    if let Some(started) = row.started_at {
-        record.insert("started_at".into(), api::unix_seconds(started).into());
-    }
-    if state.is_terminal()
-        && let Some(finished) = row.finished_at
-    {
-        record.insert("finished_at".into(), api::unix_seconds(finished).into());
-        let elapsed = (finished - row.started_at.unwrap_or(row.created_at)).max(0);
-        record.insert("elapsed".into(), api::unix_seconds(elapsed).into());
-    }
-    record.insert("state".into(), state.as_str().into());
-    record.insert("request".into(), serde_json::from_str(&row.request)?);
-    if state.is_terminal()
-        && let Some(response) = &row.response
-    {
-        record.insert("response".into(), serde_json::from_str(response)?);
-    }
-    Ok(Value::Object(record))
-}
-
-/// Unix time in milliseconds. A clock before 1970 reads as 0 rather than failing.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    let finished_at = row.finished_at.filter(|_| state.is_terminal());
+    let response = match &row.response {
+        Some(response) if state.is_terminal() => Some(serde_json::from_str(response)?),
+        _ => None,
+    };
+    Ok(TaskRecord {
+        api_id: row.api_id.clone(),
+        application_id: row.application_id.clone(),
+        created_at: api::unix_seconds(row.created_at),
+        credential_id: row.credential_id.clone(),
+        elapsed: finished_at.map(|finished| {
+            api::unix_seconds((finished - row.started_at.unwrap_or(row.created_at)).max(0))
+        }),
+        finished_at: finished_at.map(api::unix_seconds),
+        id: row.id.clone(),
+        request: serde_json::from_str(&row.request)?,
+        response,
+        started_at: row.started_at.map(api::unix_seconds),
+        state,
+        trace_id: row.trace_id.clone(),
+        kind: "images".into(),
+        user_id: row.user_id.clone(),
+    })
 }
 
 #[cfg(test)]

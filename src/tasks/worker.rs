@@ -12,10 +12,10 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::{TaskResult, Tasks, image_error, now_ms};
+use super::{TaskResult, Tasks, image_error};
 use crate::{
     api::{self, ApiError, ErrorCode, ImageEntry},
-    domain::{AspectRatio, ImagesRequest, RequestLimits},
+    domain::{AspectRatio, ImagesRequest, RequestLimits, now_ms},
     providers::{ImageJob, ImageProvider, ProviderError},
     storage::{ImageStore, db::ClaimedTask, db::Completion},
 };

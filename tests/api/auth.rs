@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nano_banana::{
-    admin::{Admin, AdminCommand, TokensCommand},
+    accounts::{Admin, AdminRequest},
     storage::Db,
 };
 use serde_json::json;
@@ -132,17 +132,14 @@ async fn metrics_cover_the_queue_upstream_and_callbacks() {
 async fn revoke_all_elsewhere(app: &TestApp) {
     let db = Db::connect(app.database_url()).await.expect("the database");
     let admin = Admin { db: &db };
-    let list = TokensCommand::List {
+    let list = AdminRequest::ListTokens {
         application_id: None,
     };
-    let listed = admin
-        .run(&AdminCommand::Tokens(list))
-        .await
-        .expect("tokens listed");
+    let listed = admin.run(&list).await.expect("tokens listed");
     for token in listed["tokens"].as_array().expect("a list") {
         let id = token["id"].as_str().expect("an id").to_owned();
         admin
-            .run(&AdminCommand::Tokens(TokensCommand::Revoke { id }))
+            .run(&AdminRequest::RevokeToken { id })
             .await
             .expect("revoked");
     }

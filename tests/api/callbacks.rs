@@ -43,7 +43,7 @@ async fn a_failing_receiver_is_retried_until_it_accepts() {
     assert!(posts.iter().all(|(_, body)| body["task_id"] == id));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = app.tasks.db().callback_status(id).await.unwrap();
+        let status = app.db.callback_status(id).await.unwrap();
         if status == Some((4, "delivered".to_owned())) {
             break;
         }
@@ -88,7 +88,7 @@ async fn a_refused_or_dummy_callback_url_never_fails_the_task() {
         assert_eq!(app.wait_for_task(id).await["state"], "succeeded");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let status = app.tasks.db().callback_status(id).await.unwrap();
+            let status = app.db.callback_status(id).await.unwrap();
             if status == Some((1, "failed".to_owned())) {
                 break;
             }

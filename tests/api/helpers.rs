@@ -22,7 +22,9 @@ pub struct TestApp {
     pub token: String,
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
-    pub tasks: std::sync::Arc<nano_banana::tasks::Tasks>,
+    /// The server's database and image store, for tests that look inside them.
+    pub db: nano_banana::storage::Db,
+    pub store: nano_banana::storage::ImageStore,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -178,7 +180,7 @@ pub async fn start(config: Config, data_dir: tempfile::TempDir) -> TestApp {
         .await
         .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
-    let tasks = app.tasks();
+    let (db, store) = (app.db().clone(), app.store().clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -188,7 +190,8 @@ pub async fn start(config: Config, data_dir: tempfile::TempDir) -> TestApp {
         token: TOKEN.to_owned(),
         client: reqwest::Client::new(),
         data_dir,
-        tasks,
+        db,
+        store,
         config,
         stop: Some(stop),
         server: Some(server),

@@ -332,7 +332,7 @@ async fn edit_with(app: &TestApp, source: &str) -> Answer {
 async fn wait_for_callback(app: &TestApp, task_id: &str, attempts: i64, state: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = app.tasks.db().callback_status(task_id).await.unwrap();
+        let status = app.db.callback_status(task_id).await.unwrap();
         if status == Some((attempts, state.to_owned())) {
             return;
         }

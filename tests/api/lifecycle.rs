@@ -62,7 +62,7 @@ async fn the_first_token_is_created_once() {
     // The bootstrap token of the first start still works; no second one was made.
     let answer = app.post_tasks(json!({"id": "x"})).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(app.tasks.db().count_tokens().await.unwrap(), 1);
+    assert_eq!(app.db.count_tokens().await.unwrap(), 1);
 }
 
 #[tokio::test]

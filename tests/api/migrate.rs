@@ -159,8 +159,7 @@ async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances(
         .to_owned();
     receiver.wait_for(1).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while old.tasks.db().callback_status(&callback_id).await.ok()
-        != Some(Some((1, "delivered".to_owned())))
+    while old.db.callback_status(&callback_id).await.ok() != Some(Some((1, "delivered".to_owned())))
     {
         assert!(
             std::time::Instant::now() < deadline,

@@ -58,7 +58,7 @@ fn key_of(url: &str) -> &str {
 async fn generated_images_are_written_to_s3_and_served_by_our_route() {
     let app = spawn_app_with(use_s3).await;
     let settings = app.s3_settings().expect("S3 storage").clone();
-    app.tasks.store().check().await.expect("the store is ready");
+    app.store.check().await.expect("the store is ready");
 
     let url = generate_one(&app).await;
     assert!(
@@ -200,7 +200,7 @@ async fn a_generate_request_with_a_broken_store_gets_the_contracts_error() {
         }
     })
     .await;
-    assert!(app.tasks.store().check().await.is_err());
+    assert!(app.store.check().await.is_err());
     let answer = app
         .post_images(json!({"action": "generate", "prompt": "a lemon"}))
         .await;

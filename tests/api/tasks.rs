@@ -124,8 +124,8 @@ async fn another_applications_tasks_are_invisible() {
     let id = accepted.body["task_id"].as_str().unwrap().to_owned();
     app.wait_for_task(&id).await;
 
-    let db = app.tasks.db();
-    let now = nano_banana::tasks::now_ms();
+    let db = &app.db;
+    let now = nano_banana::domain::now_ms();
     db.create_application("other-app", "other", "other-user", 0, now)
         .await
         .unwrap();
@@ -133,7 +133,7 @@ async fn another_applications_tasks_are_invisible() {
     db.create_token(
         "other-token",
         "other-app",
-        &nano_banana::http::auth::token_hash(other_token),
+        &nano_banana::accounts::token_hash(other_token),
         "nb-other",
         "test",
         now,

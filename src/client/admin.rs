@@ -1,18 +1,18 @@
-//! Administration of applications, tokens, credits, limits and usage. One set of commands,
-//! run three ways: by the `/admin/` HTTP API of a running server, by `nano-banana admin …`
-//! against that API (`--server`), and by `nano-banana admin …` directly on the database when the
-//! server is stopped. All three call `Admin::run`, so they cannot drift apart.
+//! `nano-banana admin …`: the admin commands of the command line. Each becomes an
+//! `accounts::AdminRequest`, sent to a running server's `/admin/` API (`--server`) or run by the
+//! admin service directly on a stopped server's database — the same requests either way.
 //!
-//! One command exists only on the command line, since it works on two databases and no server:
-//! `migrate-db` copies a stopped server's database into a new one (SQLite → PostgreSQL).
+//! One command exists only here, since it works on two databases and no server: `migrate-db`
+//! copies a stopped server's database into a new one (SQLite → PostgreSQL).
 
+use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{new_token, token_prefix},
-    http::auth::token_hash,
-    storage::{Db, db::DbError},
-    tasks::now_ms,
+    accounts::{Admin, AdminRequest, Limits, NewApplication, NewToken},
+    config::{DEFAULT_DATA_DIR, default_database_url},
+    storage::Db,
+    telemetry::redact_url,
 };
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -37,7 +37,7 @@ pub enum AppsCommand {
         #[arg(long, default_value_t = 0)]
         credits: i64,
         #[command(flatten)]
-        limits: Limits,
+        limits: LimitArgs,
     },
     /// List applications with their balances
     List,
@@ -53,12 +53,12 @@ pub enum AppsCommand {
     Limits {
         id: String,
         #[command(flatten)]
-        limits: Limits,
+        limits: LimitArgs,
     },
 }
 
-#[derive(clap::Args, Debug, Clone, Default, serde::Deserialize)]
-pub struct Limits {
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
     /// Requests per minute (GCRA); unlimited when omitted
     #[arg(long)]
     pub rate_per_minute: Option<i64>,
@@ -93,230 +93,110 @@ pub enum TokensCommand {
     Revoke { id: String },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
+impl From<LimitArgs> for Limits {
+    fn from(args: LimitArgs) -> Limits {
+        Limits {
+            rate_per_minute: args.rate_per_minute,
+            burst: args.burst,
+            max_concurrent: args.max_concurrent,
+        }
+    }
 }
 
-pub struct Admin<'a> {
-    pub db: &'a Db,
-}
-
-impl Admin<'_> {
-    pub async fn run(&self, command: &AdminCommand) -> Result<Value, AdminError> {
+impl From<AdminCommand> for AdminRequest {
+    fn from(command: AdminCommand) -> AdminRequest {
         match command {
-            AdminCommand::Apps(apps) => self.apps(apps).await,
-            AdminCommand::Tokens(tokens) => self.tokens(tokens).await,
-            AdminCommand::Usage => Ok(json!({"usage": self.db.usage().await?})),
-        }
-    }
-
-    async fn apps(&self, command: &AppsCommand) -> Result<Value, AdminError> {
-        match command {
-            AppsCommand::Create {
-                name,
-                credits,
-                limits,
-            } => {
-                if name.trim().is_empty() {
-                    return Err(AdminError::Invalid("name must not be empty.".into()));
-                }
-                if *credits < 0 {
-                    return Err(AdminError::Invalid("credits cannot be negative.".into()));
-                }
-                check_limits(limits)?;
-                let id = uuid::Uuid::new_v4().to_string();
-                let user_id = uuid::Uuid::new_v4().to_string();
-                self.db
-                    .create_application(&id, name.trim(), &user_id, *credits, now_ms())
-                    .await?;
-                self.set_limits(&id, limits).await?;
-                self.show(&id).await
-            }
-            AppsCommand::List => Ok(json!({"applications": self.db.list_applications().await?})),
-            AppsCommand::Show { id } => self.show(id).await,
-            AppsCommand::Topup { id, credits } => {
-                if *credits <= 0 {
-                    return Err(AdminError::Invalid(
-                        "credits must be a positive number.".into(),
-                    ));
-                }
-                if !self.db.add_credits(id, *credits, "topup", now_ms()).await? {
-                    return Err(no_application(id));
-                }
-                self.show(id).await
-            }
-            AppsCommand::Disable { id } | AppsCommand::Enable { id } => {
-                let disable = matches!(command, AppsCommand::Disable { .. });
-                if !self.db.set_application_disabled(id, disable).await? {
-                    return Err(no_application(id));
-                }
-                self.show(id).await
-            }
-            AppsCommand::Limits { id, limits } => {
-                check_limits(limits)?;
-                self.set_limits(id, limits).await?;
-                self.show(id).await
-            }
-        }
-    }
-
-    async fn tokens(&self, command: &TokensCommand) -> Result<Value, AdminError> {
-        match command {
-            TokensCommand::Create {
-                application_id,
-                name,
-                expires_at,
-                apis,
-            } => {
-                if self.db.get_application(application_id).await?.is_none() {
-                    return Err(no_application(application_id));
-                }
-                let token = new_token();
-                let id = uuid::Uuid::new_v4().to_string();
-                self.db
-                    .create_token(
-                        &id,
-                        application_id,
-                        &token_hash(&token),
-                        &token_prefix(&token),
-                        name,
-                        now_ms(),
-                    )
-                    .await?;
-                let apis = apis.as_deref().unwrap_or("*");
-                let expires_ms = expires_at.map(|s| s.saturating_mul(1000));
-                self.db.set_token_details(&id, expires_ms, apis).await?;
-                Ok(json!({
-                    "id": id, "application_id": application_id, "token": token,
-                    "prefix": token_prefix(&token), "name": name, "apis": apis,
-                    "expires_at": expires_at,
-                    "note": "The token is shown only this once; only its hash is stored."
-                }))
-            }
-            TokensCommand::List { application_id } => {
-                let tokens = self.db.list_tokens(application_id.as_deref()).await?;
-                Ok(json!({"tokens": tokens}))
-            }
-            TokensCommand::Revoke { id } => {
-                if !self.db.revoke_token(id).await? {
-                    return Err(AdminError::NotFound(format!("no token {id}.")));
-                }
-                Ok(json!({"id": id, "revoked": true}))
-            }
-        }
-    }
-
-    async fn show(&self, id: &str) -> Result<Value, AdminError> {
-        let app = self
-            .db
-            .get_application(id)
-            .await?
-            .ok_or_else(|| no_application(id))?;
-        Ok(serde_json::to_value(app).unwrap_or(Value::Null))
-    }
-
-    async fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), AdminError> {
-        let found = self
-            .db
-            .set_application_limits(
-                id,
-                limits.rate_per_minute,
-                limits.burst,
-                limits.max_concurrent,
-            )
-            .await?;
-        if found {
-            Ok(())
-        } else {
-            Err(no_application(id))
-        }
-    }
-}
-
-fn check_limits(limits: &Limits) -> Result<(), AdminError> {
-    for (name, value) in [
-        ("rate_per_minute", limits.rate_per_minute),
-        ("burst", limits.burst),
-        ("max_concurrent", limits.max_concurrent),
-    ] {
-        if value.is_some_and(|v| v < 1) {
-            return Err(AdminError::Invalid(format!("{name} must be at least 1.")));
-        }
-    }
-    Ok(())
-}
-
-fn no_application(id: &str) -> AdminError {
-    AdminError::NotFound(format!("no application {id}."))
-}
-
-impl AdminCommand {
-    /// The `/admin/` API call that runs this command on a server: method, path, JSON body.
-    pub fn http_request(&self) -> (reqwest::Method, String, Option<Value>) {
-        use reqwest::Method;
-        let limits_json = |l: &Limits| {
-            json!({"rate_per_minute": l.rate_per_minute, "burst": l.burst,
-                   "max_concurrent": l.max_concurrent})
-        };
-        match self {
             AdminCommand::Apps(AppsCommand::Create {
                 name,
                 credits,
                 limits,
-            }) => {
-                let mut body = limits_json(limits);
-                body["name"] = json!(name);
-                body["credits"] = json!(credits);
-                (Method::POST, "/admin/apps".into(), Some(body))
+            }) => AdminRequest::CreateApplication(NewApplication {
+                name,
+                credits,
+                limits: limits.into(),
+            }),
+            AdminCommand::Apps(AppsCommand::List) => AdminRequest::ListApplications,
+            AdminCommand::Apps(AppsCommand::Show { id }) => AdminRequest::ShowApplication { id },
+            AdminCommand::Apps(AppsCommand::Topup { id, credits }) => {
+                AdminRequest::TopUp { id, credits }
             }
-            AdminCommand::Apps(AppsCommand::List) => (Method::GET, "/admin/apps".into(), None),
-            AdminCommand::Apps(AppsCommand::Show { id }) => {
-                (Method::GET, format!("/admin/apps/{id}"), None)
-            }
-            AdminCommand::Apps(AppsCommand::Topup { id, credits }) => (
-                Method::POST,
-                format!("/admin/apps/{id}/topup"),
-                Some(json!({"credits": credits})),
-            ),
             AdminCommand::Apps(AppsCommand::Disable { id }) => {
-                (Method::POST, format!("/admin/apps/{id}/disable"), None)
+                AdminRequest::SetDisabled { id, disabled: true }
             }
-            AdminCommand::Apps(AppsCommand::Enable { id }) => {
-                (Method::POST, format!("/admin/apps/{id}/enable"), None)
-            }
-            AdminCommand::Apps(AppsCommand::Limits { id, limits }) => (
-                Method::PUT,
-                format!("/admin/apps/{id}/limits"),
-                Some(limits_json(limits)),
-            ),
+            AdminCommand::Apps(AppsCommand::Enable { id }) => AdminRequest::SetDisabled {
+                id,
+                disabled: false,
+            },
+            AdminCommand::Apps(AppsCommand::Limits { id, limits }) => AdminRequest::SetLimits {
+                id,
+                limits: limits.into(),
+            },
             AdminCommand::Tokens(TokensCommand::Create {
                 application_id,
                 name,
                 expires_at,
                 apis,
-            }) => (
-                Method::POST,
-                format!("/admin/apps/{application_id}/tokens"),
-                Some(json!({"name": name, "expires_at": expires_at, "apis": apis})),
-            ),
+            }) => AdminRequest::CreateToken(NewToken {
+                application_id,
+                name,
+                expires_at,
+                apis,
+            }),
             AdminCommand::Tokens(TokensCommand::List { application_id }) => {
-                let query = application_id
-                    .as_ref()
-                    .map(|id| format!("?application_id={id}"))
-                    .unwrap_or_default();
-                (Method::GET, format!("/admin/tokens{query}"), None)
+                AdminRequest::ListTokens { application_id }
             }
-            AdminCommand::Tokens(TokensCommand::Revoke { id }) => {
-                (Method::POST, format!("/admin/tokens/{id}/revoke"), None)
-            }
-            AdminCommand::Usage => (Method::GET, "/admin/usage".into(), None),
+            AdminCommand::Tokens(TokensCommand::Revoke { id }) => AdminRequest::RevokeToken { id },
+            AdminCommand::Usage => AdminRequest::Usage,
         }
+    }
+}
+
+/// The `/admin/` API call that runs `request` on a server: method, path, JSON body.
+pub fn http_call(request: &AdminRequest) -> (reqwest::Method, String, Option<Value>) {
+    use reqwest::Method;
+    let limits_json = |l: &Limits| {
+        json!({"rate_per_minute": l.rate_per_minute, "burst": l.burst,
+               "max_concurrent": l.max_concurrent})
+    };
+    match request {
+        AdminRequest::CreateApplication(new) => {
+            let mut body = limits_json(&new.limits);
+            body["name"] = json!(new.name);
+            body["credits"] = json!(new.credits);
+            (Method::POST, "/admin/apps".into(), Some(body))
+        }
+        AdminRequest::ListApplications => (Method::GET, "/admin/apps".into(), None),
+        AdminRequest::ShowApplication { id } => (Method::GET, format!("/admin/apps/{id}"), None),
+        AdminRequest::TopUp { id, credits } => (
+            Method::POST,
+            format!("/admin/apps/{id}/topup"),
+            Some(json!({"credits": credits})),
+        ),
+        AdminRequest::SetDisabled { id, disabled } => {
+            let verb = if *disabled { "disable" } else { "enable" };
+            (Method::POST, format!("/admin/apps/{id}/{verb}"), None)
+        }
+        AdminRequest::SetLimits { id, limits } => (
+            Method::PUT,
+            format!("/admin/apps/{id}/limits"),
+            Some(limits_json(limits)),
+        ),
+        AdminRequest::CreateToken(new) => (
+            Method::POST,
+            format!("/admin/apps/{}/tokens", new.application_id),
+            Some(json!({"name": new.name, "expires_at": new.expires_at, "apis": new.apis})),
+        ),
+        AdminRequest::ListTokens { application_id } => {
+            let query = application_id
+                .as_ref()
+                .map(|id| format!("?application_id={id}"))
+                .unwrap_or_default();
+            (Method::GET, format!("/admin/tokens{query}"), None)
+        }
+        AdminRequest::RevokeToken { id } => {
+            (Method::POST, format!("/admin/tokens/{id}/revoke"), None)
+        }
+        AdminRequest::Usage => (Method::GET, "/admin/usage".into(), None),
     }
 }
 
@@ -393,8 +273,6 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 
 /// `nano-banana admin migrate-db`: see `MIGRATE_DB_ABOUT`.
 async fn migrate_db(args: &MigrateDbArgs) -> anyhow::Result<Value> {
-    use crate::config::redact_url;
-    use anyhow::Context;
     let (from, to) = (redact_url(&args.from), redact_url(&args.to));
     if args.from == args.to {
         anyhow::bail!("--from and --to are the same database ({from})");
@@ -433,17 +311,16 @@ async fn migrate_db(args: &MigrateDbArgs) -> anyhow::Result<Value> {
 
 /// Runs an admin command and prints its JSON result.
 pub async fn cli(args: AdminArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let command = match &args.command {
+    let command = match args.command {
         AdminCliCommand::MigrateDb(migrate) => {
-            let summary = migrate_db(migrate).await?;
+            let summary = migrate_db(&migrate).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&summary).unwrap_or_default()
             );
             return Ok(());
         }
-        AdminCliCommand::Api(command) => command,
+        AdminCliCommand::Api(command) => AdminRequest::from(command),
     };
     let result = match &args.server {
         Some(server) => {
@@ -451,7 +328,7 @@ pub async fn cli(args: AdminArgs) -> anyhow::Result<()> {
                 .admin_key
                 .as_deref()
                 .context("--server needs the admin key (--admin-key or NANO_BANANA_ADMIN_KEY)")?;
-            let (method, path, body) = command.http_request();
+            let (method, path, body) = http_call(&command);
             let url = format!("{}{path}", server.trim_end_matches('/'));
             let mut request = reqwest::Client::new()
                 .request(method, &url)
@@ -480,21 +357,23 @@ pub async fn cli(args: AdminArgs) -> anyhow::Result<()> {
             let url = match (&args.database_url, &args.data_dir) {
                 (Some(url), _) => url.clone(),
                 (None, dir) => {
-                    let dir = dir.clone().unwrap_or_else(|| "./data".into());
-                    let file = dir.join("nano-banana.db");
-                    if !file.exists() {
+                    let dir = dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+                    let url = default_database_url(&dir);
+                    if let Some(file) = sqlite_path(&url)
+                        && !file.exists()
+                    {
                         anyhow::bail!(
                             "no database at {} (use --data-dir or --server)",
                             file.display()
                         );
                     }
-                    format!("sqlite://{}", file.display())
+                    url
                 }
             };
             let db = Db::connect(&url)
                 .await
                 .with_context(|| format!("opening {url}"))?;
-            let value = Admin { db: &db }.run(command).await?;
+            let value = Admin { db: &db }.run(&command).await?;
             db.close().await;
             value
         }
