@@ -16,6 +16,12 @@
 //! Write transactions: SQLite's `BEGIN IMMEDIATE` takes the database's write lock up front;
 //! PostgreSQL locks the rows a check depends on (`SELECT … FOR UPDATE` on the application), so
 //! checks and writes cannot interleave with another node's either way.
+//!
+//! Files: this one holds `Db` and its pools (connecting, migrating, `ping`, `close`), the
+//! notifications between nodes (`listen`) and the macros the others share. `accounts.rs`
+//! (applications, tokens, credits, usage), `tasks.rs` (admission and the queue), `callbacks.rs`
+//! (the outbox) and `copy.rs` (`admin migrate-db`) each add their own `impl Db` block. Row types
+//! live beside their queries and are re-exported here, so callers name them `storage::db::…`.
 
 use std::{str::FromStr, time::Duration};
 
