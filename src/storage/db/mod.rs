@@ -1,0 +1,289 @@
+//! All SQL lives here: applications and tokens, tasks (which are also the queue), and the callback
+//! outbox. Callers get plain row structs and never see a query. Times are Unix milliseconds.
+//!
+//! The queue is a lease: a claim sets `lease_owner`/`lease_until`; the owner renews it while it
+//! works; every later write is fenced on `lease_owner`, so a worker whose lease expired and was
+//! taken over cannot overwrite the new owner's result. A claim is one `UPDATE … WHERE id IN
+//! (SELECT … LIMIT n) RETURNING`, which is atomic on SQLite (single writer); on PostgreSQL the
+//! inner SELECT gains `FOR UPDATE SKIP LOCKED` and nothing else changes.
+//!
+//! Two databases, one set of queries: SQLite (the default, one machine) and PostgreSQL (several
+//! nodes). The SQL is written once with `$N` placeholders, which both drivers accept, and each
+//! method body is expanded for both pools by `on_pool!`; the few places where the dialects differ
+//! choose between two literal statements. Each database has its own migrations folder with the
+//! same tables and columns.
+//!
+//! Write transactions: SQLite's `BEGIN IMMEDIATE` takes the database's write lock up front;
+//! PostgreSQL locks the rows a check depends on (`SELECT … FOR UPDATE` on the application), so
+//! checks and writes cannot interleave with another node's either way.
+//!
+//! Files: this one holds `Db` and its pools (connecting, migrating, `ping`, `close`), the
+//! notifications between nodes (`listen`) and the macros the others share. `accounts.rs`
+//! (applications, tokens, credits, usage), `tasks.rs` (admission and the queue), `callbacks.rs`
+//! (the outbox) and `copy.rs` (`admin migrate-db`) each add their own `impl Db` block. Row types
+//! live beside their queries and are re-exported here, so callers name them `storage::db::…`.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
+};
+
+/// Channel of `NOTIFY` when a task is queued: idle workers on every node wake up.
+const QUEUED_CHANNEL: &str = "nano_banana_task_queued";
+/// Channel of `NOTIFY` when a task finishes (payload: its id): a sync request waiting on another
+/// node answers at once.
+const DONE_CHANNEL: &str = "nano_banana_task_done";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// `copy_into` writes only into an empty database; nothing was written.
+    #[error(
+        "the target database is not empty ({0}); migrate-db copies only into an empty \
+         database: point it at a new database or schema"
+    )]
+    TargetNotEmpty(String),
+    /// `copy_into` found the copy (or the source) inconsistent; nothing was written.
+    #[error("the copy was not verified, nothing was written: {0}")]
+    CopyMismatch(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: Pool,
+    /// Names this process's notifications (PostgreSQL), so its listener can skip its own.
+    node: String,
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    /// SQLite has one writer at a time. Writes go through a pool of one connection, so they
+    /// queue in the pool (in order, without blocking a thread) instead of in SQLite's busy
+    /// handler, which sleeps 1 to 100 ms between lock attempts, and that connection's page cache
+    /// stays valid. Reads use the other pool and, in WAL mode, never wait for the writer.
+    Sqlite {
+        readers: SqlitePool,
+        writer: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per database, with `$pool` bound to the concrete pool and `$pg` telling
+/// whether it is PostgreSQL (for the few statements whose dialects differ). `on_pool!` is for
+/// reads; `on_writer!` for anything that writes (on SQLite, the single writer connection).
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        on_pool!(@readers $db, |$pool, $pg| $body)
+    };
+    (@$which:ident $db:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        match &$db.pool {
+            Pool::Sqlite { $which: $pool, .. } => {
+                let $pg = false;
+                let _ = $pg;
+                $body
+            }
+            Pool::Postgres($pool) => {
+                let $pg = true;
+                let _ = $pg;
+                $body
+            }
+        }
+    };
+}
+
+macro_rules! on_writer {
+    ($db:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        on_pool!(@writer $db, |$pool, $pg| $body)
+    };
+}
+
+/// Appends a balance change to the ledger inside the transaction `$tx`.
+macro_rules! ledger {
+    ($tx:expr, $application_id:expr, $task_id:expr, $amount:expr, $reason:expr, $now:expr $(,)?) => {
+        sqlx::query(
+            "INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($application_id)
+        .bind($task_id)
+        .bind($amount)
+        .bind($reason)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await
+    };
+}
+
+// The parts of `Db`, one file each. Declared after the macros above because a `macro_rules!`
+// macro is visible only in the code that follows its definition (child modules included).
+mod accounts;
+mod callbacks;
+mod copy;
+mod tasks;
+
+pub use accounts::{ApplicationRow, TokenInfo, TokenRow, UsageRow};
+pub use callbacks::{CallbackAttempt, CallbackOutcome, CallbackRow};
+pub use copy::TableCount;
+pub use tasks::{Admission, Claim, ClaimedTask, Completion, NewTask, Pace, QueueStats, TaskRow};
+
+/// A transaction that will write after it has read: see the module documentation.
+trait BeginWrite {
+    type Database: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        // IMMEDIATE: take the write lock before the first read, so checks cannot be invalidated
+        // by another writer before our writes (and no lock upgrade can deadlock).
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+/// What a PostgreSQL `LISTEN` connection heard from any node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    TaskQueued,
+    TaskDone(String),
+}
+
+/// Notifications from other nodes (PostgreSQL only).
+pub struct Listener {
+    inner: PgListener,
+    /// This `Db`'s identity: its own "queued" notifications are skipped (it woke its workers
+    /// already), so each admission costs one claim round, not two.
+    node: String,
+}
+
+impl Listener {
+    /// The next notification. After an error the connection is re-established by the next call;
+    /// notifications sent meanwhile are lost, so callers keep their polling fallback.
+    pub async fn recv(&mut self) -> Result<Event, DbError> {
+        loop {
+            let note = self.inner.recv().await?;
+            if note.channel() == DONE_CHANNEL {
+                return Ok(Event::TaskDone(note.payload().to_owned()));
+            }
+            if note.payload() != self.node {
+                return Ok(Event::TaskQueued);
+            }
+        }
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `url` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        Db::open(url, true).await
+    }
+
+    /// Opens the database at `url` and runs the migrations, but never creates a SQLite file: a
+    /// mistyped source path must be an error, not an empty database.
+    pub async fn connect_existing(url: &str) -> Result<Db, DbError> {
+        Db::open(url, false).await
+    }
+
+    async fn open(url: &str, create_sqlite_file: bool) -> Result<Db, DbError> {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            return Db::connect_postgres(url).await;
+        }
+        if !url.starts_with("sqlite:") {
+            return Err(DbError::UnsupportedUrl(url.to_owned()));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(create_sqlite_file)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a crash may lose the last commits of the OS's buffer, never corrupt.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // A connection to a local file cannot go stale; the default ping on every acquire only
+        // added a round trip to the connection's thread per query (BENCHMARKS.md, S1).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false)
+            .connect_with(options.create_if_missing(false))
+            .await?;
+        Ok(Db {
+            pool: Pool::Sqlite { readers, writer },
+            node: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Db, DbError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        // The migrator holds an advisory lock, so nodes starting together migrate once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Db {
+            pool: Pool::Postgres(pool),
+            node: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and `/readyz`.
+    pub fn kind(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite { .. } => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        on_pool!(self, |pool, _pg| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite { readers, writer } => {
+                readers.close().await;
+                writer.close().await;
+            }
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// A connection that hears other nodes' task notifications; `None` on SQLite, where every
+    /// writer is in this process or polls.
+    pub async fn listen(&self) -> Result<Option<Listener>, DbError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let mut inner = PgListener::connect_with(pool).await?;
+        inner.listen_all([QUEUED_CHANNEL, DONE_CHANNEL]).await?;
+        Ok(Some(Listener {
+            inner,
+            node: self.node.clone(),
+        }))
+    }
+}
