@@ -4,7 +4,7 @@
 use super::{AspectRatio, Resolution};
 
 /// The model families behind the public names. Pixel sizes differ between Gemini 2.5 Flash Image
-/// and the 3.x image models (upstreams.md §1.3 tables).
+/// and the 3.x image models (docs/upstreams.md, Gemini models and sizes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     NanoBanana,
@@ -90,7 +90,7 @@ impl Model {
         }
     }
 
-    /// The pixel size the upstream makes for this ratio and resolution (upstreams.md §1.3).
+    /// The pixel size the upstream makes for this ratio and resolution (docs/upstreams.md, Gemini models and sizes).
     pub fn pixel_size(self, ratio: AspectRatio, resolution: Resolution) -> (u32, u32) {
         if self.family == Family::NanoBanana {
             // Gemini 2.5 Flash Image has a single size per ratio.
