@@ -90,7 +90,8 @@ impl Model {
         }
     }
 
-    /// The pixel size the upstream makes for this ratio and resolution (docs/upstreams.md, Gemini models and sizes).
+    /// The pixel size the upstream makes for this ratio and resolution (docs/upstreams.md,
+    /// Gemini models and sizes).
     pub fn pixel_size(self, ratio: AspectRatio, resolution: Resolution) -> (u32, u32) {
         if self.family == Family::NanoBanana {
             // Gemini 2.5 Flash Image has a single size per ratio.
