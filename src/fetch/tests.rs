@@ -4,6 +4,7 @@
 //! never reach DNS, so no test emits a real query.
 
 use std::collections::HashMap;
+use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
@@ -12,10 +13,13 @@ use axum::extract::{Path, Query};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use tokio::sync::Notify;
 
 use super::*;
+// The image crate, which the glob above would make ambiguous with `super::image`.
+use ::image;
 
 // ---- fixtures -------------------------------------------------------------------------
 
