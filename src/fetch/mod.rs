@@ -13,7 +13,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,10 @@ use url::{Host, Url};
 use crate::providers::InputImage;
 
 mod image;
+mod resolver;
 
 pub use self::image::{parse_data_uri, sniff_image};
+use self::resolver::{FilteringResolver, Lookup};
 
 /// Larger sides are refused whatever `max_pixels` says: no upstream takes them and some decoders
 /// misbehave near `u16`/`i32` limits.
@@ -573,89 +575,6 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
         return is_global_v4(Ipv4Addr::from((n >> 80) as u32));
     }
     !REFUSED_V6.iter().any(|r| in_v6(n, *r))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The resolver: the only place hostnames become addresses, so the filter cannot be bypassed by
-// a second lookup.
-
-enum Lookup {
-    System,
-    /// Canned answers, so tests can exercise the filter without any real DNS traffic.
-    #[cfg(test)]
-    Fixed(std::collections::HashMap<String, Vec<IpAddr>>),
-}
-
-impl Lookup {
-    async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        // RFC 6761: these names are loopback; asking DNS would leak them and could be lied to.
-        if is_localhost_name(host) {
-            return Ok(LOOPBACK.to_vec());
-        }
-        match self {
-            Lookup::System => {
-                let addrs = tokio::net::lookup_host((host, 0)).await?;
-                Ok(addrs.map(|a| a.ip()).collect())
-            }
-            #[cfg(test)]
-            Lookup::Fixed(map) => map.get(&normalize_host(host)).cloned().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such host (test lookup)")
-            }),
-        }
-    }
-}
-
-struct FilteringResolver {
-    rules: Arc<Rules>,
-    lookup: Arc<Lookup>,
-}
-
-impl FilteringResolver {
-    async fn resolve_filtered(
-        rules: &Rules,
-        lookup: &Lookup,
-        host: &str,
-    ) -> Result<Vec<IpAddr>, Box<dyn StdError + Send + Sync>> {
-        let addrs = lookup.lookup(host).await?;
-        if rules.host_allowed(host) {
-            return Ok(addrs);
-        }
-        let total = addrs.len();
-        let kept: Vec<IpAddr> = addrs
-            .into_iter()
-            .filter(|ip| rules.address_allowed(*ip))
-            .collect();
-        if kept.is_empty() {
-            let why = if total == 0 {
-                "resolves to nothing"
-            } else {
-                "resolves only to refused addresses"
-            };
-            return Err(Box::new(Refusal(format!("host {host} {why}"))));
-        }
-        if kept.len() < total {
-            tracing::debug!(
-                host,
-                dropped = total - kept.len(),
-                "dropped refused addresses"
-            );
-        }
-        Ok(kept)
-    }
-}
-
-impl reqwest::dns::Resolve for FilteringResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let rules = self.rules.clone();
-        let lookup = self.lookup.clone();
-        Box::pin(async move {
-            let ips = Self::resolve_filtered(&rules, &lookup, name.as_str()).await?;
-            // Port 0 is replaced by the URL's port (or the scheme default) by reqwest.
-            let addrs: reqwest::dns::Addrs =
-                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-            Ok(addrs)
-        })
-    }
 }
 
 #[cfg(test)]
