@@ -11,7 +11,8 @@ use std::io::Cursor;
 use base64::Engine as _;
 use bytes::Bytes;
 
-use super::{FetchError, MAX_SIDE, has_scheme};
+use super::policy::has_scheme;
+use super::{FetchError, MAX_SIDE};
 use crate::providers::InputImage;
 
 /// The most bytes `n` base64 characters (no whitespace, no padding) can decode to.

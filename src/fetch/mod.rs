@@ -7,28 +7,33 @@
 //! of the image format and header-only dimensions (decompression-bomb guard).
 //! What does not: pixel decoding, retries, callback signing and scheduling.
 //!
+//! This file holds [`Fetcher`] with its [`FetchPolicy`] and [`FetchError`], the redirect policy
+//! and the capped download. Which URLs and addresses pass is decided in `policy.rs` (`Rules`),
+//! from the ranges and allow-list entries of `addresses.rs`; `resolver.rs` is the vetting DNS
+//! resolver, `image.rs` the `data:` URI parser and the sniffer.
+//!
 //! Callers that send their own requests with [`Fetcher::client`] must vet the first URL with
 //! [`Fetcher::check_url`] (or use [`Fetcher::request`]): IP-literal hosts never reach a resolver,
 //! so only that check stands between a literal and the connection.
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use url::{Host, Url};
+use url::Url;
 
 use crate::providers::InputImage;
 
 mod addresses;
 mod image;
+mod policy;
 mod resolver;
 
 pub use self::addresses::{AllowRule, is_global};
-use self::addresses::{LOOPBACK, is_localhost_name, normalize_host};
 pub use self::image::{parse_data_uri, sniff_image};
+use self::policy::{Rules, has_scheme, refusal_text, strict_syntax};
 use self::resolver::{FilteringResolver, Lookup};
 
 /// Larger sides are refused whatever `max_pixels` says: no upstream takes them and some decoders
@@ -161,12 +166,6 @@ pub struct Fetcher {
 struct Inner {
     rules: Arc<Rules>,
     client: reqwest::Client,
-}
-
-/// The parts of the policy the resolver and redirect policy need, shared with the client.
-#[derive(Debug)]
-struct Rules {
-    policy: FetchPolicy,
 }
 
 impl fmt::Debug for Fetcher {
@@ -317,115 +316,6 @@ impl Fetcher {
             buf.extend_from_slice(&chunk);
         }
         Ok(Bytes::from(buf))
-    }
-}
-
-impl Rules {
-    fn address_allowed(&self, ip: IpAddr) -> bool {
-        let p = &self.policy;
-        p.allow_private
-            || is_global(ip)
-            || p.allow.iter().any(|r| match r {
-                // A v4-mapped v6 address is the v4 host it embeds, for the allow-list too.
-                AllowRule::Net(n) => n.contains(&ip) || n.contains(&ip.to_canonical()),
-                AllowRule::Host(_) => false,
-            })
-    }
-
-    fn host_allowed(&self, host: &str) -> bool {
-        let host = normalize_host(host);
-        self.policy
-            .allow
-            .iter()
-            .any(|r| matches!(r, AllowRule::Host(h) if *h == host))
-    }
-
-    /// Every check that needs no DNS, on an already parsed URL (the first URL and each redirect).
-    fn check_parsed(&self, url: &Url) -> Result<(), FetchError> {
-        match url.scheme() {
-            "http" | "https" => {}
-            other => {
-                return Err(FetchError::Refused(format!(
-                    "scheme {other:?} is not allowed"
-                )));
-            }
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(FetchError::Refused(
-                "credentials in URLs are not allowed".into(),
-            ));
-        }
-        match url.host() {
-            None => Err(FetchError::BadUrl("the URL has no host".into())),
-            Some(Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)),
-            Some(Host::Domain(d)) => {
-                if d.is_empty() {
-                    return Err(FetchError::BadUrl("the URL has no host".into()));
-                }
-                if is_localhost_name(d)
-                    && !self.host_allowed(d)
-                    && !LOOPBACK.iter().any(|ip| self.address_allowed(*ip))
-                {
-                    return Err(FetchError::Refused(format!("host {d} is loopback")));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn check_ip(&self, ip: IpAddr) -> Result<(), FetchError> {
-        if self.address_allowed(ip) {
-            Ok(())
-        } else {
-            Err(FetchError::Refused(format!("address {ip} is not allowed")))
-        }
-    }
-}
-
-fn refusal_text(e: &FetchError) -> String {
-    match e {
-        FetchError::Refused(m) | FetchError::BadUrl(m) => m.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn has_scheme(s: &str, scheme: &str) -> bool {
-    s.len() > scheme.len()
-        && s.as_bytes()[scheme.len()] == b':'
-        && s[..scheme.len()].eq_ignore_ascii_case(scheme)
-}
-
-/// Stricter than the WHATWG parser, which silently drops tabs and newlines, trims spaces, treats
-/// `\` as `/` and accepts `http:///host`: an input that only parses thanks to such repairs is
-/// refused, so what we check is what the user wrote. Interior spaces are left to the parser,
-/// which percent-encodes them in paths and rejects them in hosts.
-fn strict_syntax(raw: &str) -> Result<(), FetchError> {
-    if raw.bytes().any(|b| b.is_ascii_control() || b == b'\\') {
-        return Err(FetchError::BadUrl(
-            "control characters or backslashes".into(),
-        ));
-    }
-    if raw.starts_with(' ') || raw.ends_with(' ') {
-        return Err(FetchError::BadUrl("leading or trailing spaces".into()));
-    }
-    let rest = if has_scheme(raw, "http") {
-        &raw[5..]
-    } else if has_scheme(raw, "https") {
-        &raw[6..]
-    } else {
-        // Not http(s): let the parser name the scheme so the refusal says which.
-        return match Url::parse(raw) {
-            Ok(u) => Err(FetchError::Refused(format!(
-                "scheme {:?} is not allowed",
-                u.scheme()
-            ))),
-            Err(e) => Err(FetchError::BadUrl(e.to_string())),
-        };
-    };
-    match rest.strip_prefix("//") {
-        Some(after) if !after.is_empty() && !after.starts_with('/') => Ok(()),
-        _ => Err(FetchError::BadUrl("expected scheme://host/…".into())),
     }
 }
 

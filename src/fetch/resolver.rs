@@ -12,8 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 #[cfg(test)]
-use super::normalize_host;
-use super::{LOOPBACK, Refusal, Rules, is_localhost_name};
+use super::addresses::normalize_host;
+use super::addresses::{LOOPBACK, is_localhost_name};
+use super::{Refusal, Rules};
 
 /// Where host names become addresses: the system resolver, or canned answers in tests.
 pub(super) enum Lookup {
