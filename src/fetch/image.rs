@@ -11,8 +11,9 @@ use std::io::Cursor;
 use base64::Engine as _;
 use bytes::Bytes;
 
+use super::FetchError;
 use super::policy::has_scheme;
-use super::{FetchError, MAX_SIDE};
+use crate::domain::MAX_IMAGE_SIDE;
 use crate::providers::InputImage;
 
 /// The most bytes `n` base64 characters (no whitespace, no padding) can decode to.
@@ -106,7 +107,7 @@ pub fn parse_data_uri(
 }
 
 /// Identifies the format from magic numbers and reads the dimensions from the header only.
-/// Refuses `TooManyPixels` when a side exceeds [`MAX_SIDE`] or `w * h > max_pixels`.
+/// Refuses `TooManyPixels` when a side exceeds [`MAX_IMAGE_SIDE`] or `w * h > max_pixels`.
 pub fn sniff_image(bytes: &[u8], max_pixels: u64) -> Result<(&'static str, u32, u32), FetchError> {
     use image::ImageFormat;
     let raster = |format: ImageFormat| -> Result<(u32, u32), FetchError> {
@@ -132,7 +133,12 @@ pub fn sniff_image(bytes: &[u8], max_pixels: u64) -> Result<(&'static str, u32, 
             "{mime} with a zero dimension"
         )));
     }
-    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > max_pixels {
+    // Larger sides are refused whatever `max_pixels` says: no upstream takes them and some
+    // decoders misbehave near `u16`/`i32` limits.
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || u64::from(width) * u64::from(height) > max_pixels
+    {
         return Err(FetchError::TooManyPixels { width, height });
     }
     Ok((mime, width, height))

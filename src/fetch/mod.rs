@@ -36,9 +36,8 @@ pub use self::image::{parse_data_uri, sniff_image};
 use self::policy::{Rules, has_scheme, refusal_text, strict_syntax};
 use self::resolver::{FilteringResolver, Lookup};
 
-/// Larger sides are refused whatever `max_pixels` says: no upstream takes them and some decoders
-/// misbehave near `u16`/`i32` limits.
-pub const MAX_SIDE: u32 = 16_384;
+/// [`MAX_IMAGE_SIDE`](crate::domain::MAX_IMAGE_SIDE) under the name `tests/fuzz.rs` imports.
+pub use crate::domain::MAX_IMAGE_SIDE as MAX_SIDE;
 
 #[derive(Debug, Clone)]
 pub struct FetchPolicy {
