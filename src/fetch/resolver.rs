@@ -11,8 +11,6 @@ use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-#[cfg(test)]
-use super::addresses::normalize_host;
 use super::addresses::{LOOPBACK, is_localhost_name};
 use super::{Refusal, Rules};
 
@@ -36,9 +34,12 @@ impl Lookup {
                 Ok(addrs.map(|a| a.ip()).collect())
             }
             #[cfg(test)]
-            Lookup::Fixed(map) => map.get(&normalize_host(host)).cloned().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such host (test lookup)")
-            }),
+            Lookup::Fixed(map) => map
+                .get(&super::addresses::normalize_host(host))
+                .cloned()
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such host (test lookup)")
+                }),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Unit tests of the outbound-request policy: hostile URLs and addresses refused without a
-//! connection, the allow list, redirects and size caps against real servers on 127.0.0.1, `data:`
-//! URIs and image sniffing. Hostnames resolve from canned answers or are `localhost` names, which
-//! never reach DNS, so no test emits a real query.
+//! connection, the allow list, redirects and size caps against real servers on 127.0.0.1.
+//! Hostnames resolve from canned answers or are `localhost` names, which never reach DNS, so no
+//! test emits a real query. The resolver's and the image module's (`data:` URIs, sniffing) own
+//! tests sit in those files and borrow the `pub(super)` fixtures here.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -14,8 +15,6 @@ use axum::extract::{Path, Query};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use tokio::sync::Notify;
 
 use super::*;
@@ -24,7 +23,7 @@ use ::image;
 
 // ---- fixtures -------------------------------------------------------------------------
 
-fn encode(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
+pub(super) fn encode(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
     let mut out = Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(img)
@@ -33,12 +32,12 @@ fn encode(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
-fn png(w: u32, h: u32) -> Vec<u8> {
+pub(super) fn png(w: u32, h: u32) -> Vec<u8> {
     encode(w, h, image::ImageFormat::Png)
 }
 
 /// A valid PNG whose IHDR declares `w` x `h` (CRC fixed up), with a 1x1 image's data.
-fn patched_png(w: u32, h: u32) -> Vec<u8> {
+pub(super) fn patched_png(w: u32, h: u32) -> Vec<u8> {
     let mut p = png(1, 1);
     assert_eq!(&p[12..16], b"IHDR");
     p[16..20].copy_from_slice(&w.to_be_bytes());
@@ -48,42 +47,8 @@ fn patched_png(w: u32, h: u32) -> Vec<u8> {
     p
 }
 
-fn bmff(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
-    b.extend_from_slice(kind);
-    b.extend_from_slice(body);
-    b
-}
-
-/// A minimal HEIF: ftyp + meta(iprp(ipco(ispe...))). Enough for the header reader.
-fn heif(major: &[u8; 4], compat: &[&[u8; 4]], sizes: &[(u32, u32)]) -> Vec<u8> {
-    let mut ftyp = major.to_vec();
-    ftyp.extend_from_slice(&0u32.to_be_bytes());
-    for c in compat {
-        ftyp.extend_from_slice(&c[..]);
-    }
-    let mut ipco = Vec::new();
-    for (w, h) in sizes {
-        let mut ispe = vec![0, 0, 0, 0];
-        ispe.extend_from_slice(&w.to_be_bytes());
-        ispe.extend_from_slice(&h.to_be_bytes());
-        ipco.extend(bmff(b"ispe", &ispe));
-    }
-    let iprp = bmff(b"iprp", &bmff(b"ipco", &ipco));
-    let mut meta = vec![0, 0, 0, 0];
-    meta.extend(bmff(b"hdlr", &[0u8; 24]));
-    meta.extend(iprp);
-    let mut out = bmff(b"ftyp", &ftyp);
-    out.extend(bmff(b"meta", &meta));
-    out.extend(bmff(b"mdat", b"not really hevc"));
-    out
-}
-
-fn data_uri(mime: &str, bytes: &[u8]) -> String {
-    format!("data:{mime};base64,{}", B64.encode(bytes))
-}
-
-/// A default policy plus these allow rules. Shared with the resolver's tests.
+/// A default policy plus these allow rules. Shared with the resolver's tests, like the other
+/// `pub(super)` fixtures with the image module's.
 pub(super) fn policy(allow: &[&str]) -> FetchPolicy {
     FetchPolicy {
         allow: allow.iter().map(|r| r.parse().unwrap()).collect(),
@@ -105,7 +70,7 @@ fn fetcher_with_hosts(policy: FetchPolicy, hosts: &[(&str, &[&str])]) -> Fetcher
     Fetcher::build(policy, Lookup::Fixed(map)).unwrap()
 }
 
-fn fetcher(policy: FetchPolicy) -> Fetcher {
+pub(super) fn fetcher(policy: FetchPolicy) -> Fetcher {
     fetcher_with_hosts(policy, &[])
 }
 
@@ -773,248 +738,4 @@ async fn bad_answers_are_classified() {
 
 fn url_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-// ---- data: URIs --------------------------------------------------------------------------
-
-const MAX: usize = 10 * 1024 * 1024;
-const PIXELS: u64 = 50_000_000;
-
-#[tokio::test]
-async fn data_uris_are_decoded_and_sniffed() {
-    let p = png(5, 2);
-    let img = parse_data_uri(&data_uri("image/png", &p), MAX, PIXELS).unwrap();
-    assert_eq!((img.mime_type, img.width, img.height), ("image/png", 5, 2));
-    assert_eq!(&img.bytes[..], &p[..]);
-
-    // The sniffed type wins over the declared one.
-    let img = parse_data_uri(&data_uri("image/jpeg", &p), MAX, PIXELS).unwrap();
-    assert_eq!(img.mime_type, "image/png");
-
-    // Parameters, case, line wrapping and missing padding are tolerated.
-    let b64 = B64.encode(&p);
-    let wrapped: Vec<String> = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| String::from_utf8(c.to_vec()).unwrap())
-        .collect();
-    for uri in [
-        format!("data:image/png;charset=utf-8;base64,{b64}"),
-        format!("DATA:Image/PNG;BASE64,{b64}"),
-        format!("data:image/png;base64,{}", wrapped.join("\r\n")),
-        format!("data:image/png;base64, {} ", wrapped.join("\n")),
-        format!("data:image/png;base64,{}", b64.trim_end_matches('=')),
-    ] {
-        let img = parse_data_uri(&uri, MAX, PIXELS).unwrap_or_else(|e| panic!("{uri}: {e}"));
-        assert_eq!(&img.bytes[..], &p[..]);
-    }
-
-    // load_image routes data: URIs here, with the policy's limits.
-    let f = fetcher(FetchPolicy {
-        max_image_bytes: 100,
-        ..FetchPolicy::default()
-    });
-    assert!(
-        f.load_image(&format!("Data:image/png;base64,{b64}"))
-            .await
-            .is_ok()
-    );
-    let big = png(64, 64);
-    assert!(big.len() > 100);
-    assert!(
-        f.load_image(&data_uri("image/png", &big))
-            .await
-            .unwrap_err()
-            .is_too_large()
-    );
-}
-
-#[test]
-fn bad_data_uris_are_refused() {
-    let b64 = B64.encode(png(2, 2));
-    for uri in [
-        format!("data:image/png,{b64}"),
-        format!("data:image/png;base64{b64}"),
-        format!("data:text/plain;base64,{b64}"),
-        format!("data:;base64,{b64}"),
-        format!("data:,{b64}"),
-        format!("data:image/;base64,{b64}"),
-        format!("data:image;base64,{b64}"),
-        format!("data:image/png;base64;x=y,{b64}"),
-        format!("data:image/png;bogus;base64,{b64}"),
-        format!("data:image/p g;base64,{b64}"),
-        "data:image/png;base64,!!!!".to_string(),
-        "data:image/png;base64,iVBORw0KGgo-_".to_string(),
-        "data:image/png;base64,A".to_string(),
-        format!("data:image/png;base64,{b64}%20"),
-        // Whitespace (decoded again without it) and then a byte that is not base64.
-        format!("data:image/png;base64,{b64}\n!!!!"),
-        "datum:image/png;base64,AAAA".to_string(),
-    ] {
-        let err = parse_data_uri(&uri, MAX, PIXELS).unwrap_err();
-        assert!(matches!(err, FetchError::BadDataUri(_)), "{uri}: {err:?}");
-    }
-    // Valid base64 that is not an image.
-    let err = parse_data_uri(
-        &data_uri("image/png", b"GIF8 nope, plain text"),
-        MAX,
-        PIXELS,
-    );
-    assert!(matches!(err, Err(FetchError::NotAnImage(_))), "{err:?}");
-    let err = parse_data_uri("data:image/png;base64,", MAX, PIXELS);
-    assert!(matches!(err, Err(FetchError::NotAnImage(_))), "{err:?}");
-    // A bomb inside a data URI.
-    let err = parse_data_uri(
-        &data_uri("image/png", &patched_png(100_000, 100_000)),
-        MAX,
-        PIXELS,
-    );
-    assert!(
-        matches!(err, Err(FetchError::TooManyPixels { .. })),
-        "{err:?}"
-    );
-}
-
-#[test]
-fn data_uri_size_is_checked_before_decoding() {
-    // Invalid base64, but far over the cap: refused for size without being decoded.
-    let uri = format!("data:image/png;base64,{}", "!".repeat(4000));
-    assert!(matches!(
-        parse_data_uri(&uri, 100, PIXELS),
-        Err(FetchError::TooLarge { limit: 100 })
-    ));
-    // Whitespace does not count towards the size.
-    let p = png(1, 1);
-    let spaced = B64
-        .encode(&p)
-        .chars()
-        .flat_map(|c| [c, '\n'])
-        .collect::<String>();
-    assert!(parse_data_uri(&format!("data:image/png;base64,{spaced}"), p.len(), PIXELS).is_ok());
-    // Exactly at the cap passes; one byte under it does not.
-    let uri = data_uri("image/png", &p);
-    assert!(parse_data_uri(&uri, p.len(), PIXELS).is_ok());
-    assert!(
-        parse_data_uri(&uri, p.len() - 1, PIXELS)
-            .unwrap_err()
-            .is_too_large()
-    );
-    let unpadded = uri.trim_end_matches('=');
-    assert!(parse_data_uri(unpadded, p.len(), PIXELS).is_ok());
-    assert!(
-        parse_data_uri(unpadded, p.len() - 1, PIXELS)
-            .unwrap_err()
-            .is_too_large()
-    );
-}
-
-// ---- sniffing ---------------------------------------------------------------------------
-
-#[test]
-fn sniffs_every_supported_format() {
-    use image::ImageFormat;
-    for (format, mime) in [
-        (ImageFormat::Png, "image/png"),
-        (ImageFormat::Jpeg, "image/jpeg"),
-        (ImageFormat::Gif, "image/gif"),
-        (ImageFormat::WebP, "image/webp"),
-    ] {
-        let bytes = encode(7, 3, format);
-        assert_eq!(
-            sniff_image(&bytes, PIXELS).unwrap(),
-            (mime, 7, 3),
-            "{format:?}"
-        );
-    }
-    let heic = heif(b"heic", &[b"mif1", b"heic"], &[(320, 240), (4032, 3024)]);
-    assert_eq!(
-        sniff_image(&heic, PIXELS).unwrap(),
-        ("image/heic", 4032, 3024)
-    );
-    let heif_generic = heif(b"mif1", &[b"mif1"], &[(640, 480)]);
-    assert_eq!(
-        sniff_image(&heif_generic, PIXELS).unwrap(),
-        ("image/heif", 640, 480)
-    );
-    let heif_hevc = heif(b"mif1", &[b"mif1", b"heic"], &[(640, 480)]);
-    assert_eq!(
-        sniff_image(&heif_hevc, PIXELS).unwrap(),
-        ("image/heic", 640, 480)
-    );
-}
-
-#[test]
-fn refuses_non_images_and_bombs_from_the_header() {
-    for bytes in [
-        &b""[..],
-        b"hello",
-        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-        b"BM\x00\x00\x00\x00",
-        b"\x89PNG\r\n\x1a\n",
-        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR garbage",
-        b"GIF89a",
-        b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-        b"\xff\xd8\xff",
-    ] {
-        let err = sniff_image(bytes, PIXELS).unwrap_err();
-        assert!(
-            matches!(err, FetchError::NotAnImage(_)),
-            "{bytes:?}: {err:?}"
-        );
-    }
-    let avif = heif(b"avif", &[b"mif1", b"avif"], &[(64, 64)]);
-    assert!(matches!(
-        sniff_image(&avif, PIXELS),
-        Err(FetchError::NotAnImage(_))
-    ));
-    let no_ispe = heif(b"heic", &[], &[]);
-    assert!(matches!(
-        sniff_image(&no_ispe, PIXELS),
-        Err(FetchError::NotAnImage(_))
-    ));
-    let truncated = &heif(b"heic", &[], &[(64, 64)])[..40];
-    assert!(matches!(
-        sniff_image(truncated, PIXELS),
-        Err(FetchError::NotAnImage(_))
-    ));
-
-    let too_many = |r: Result<_, FetchError>| matches!(r, Err(FetchError::TooManyPixels { .. }));
-    // JPEG: patch the SOF0 frame size; GIF: the logical screen and the first frame.
-    let mut jpeg = encode(8, 8, image::ImageFormat::Jpeg);
-    let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
-    jpeg[sof + 5..sof + 9].copy_from_slice(&[0xff, 0xdc, 0xff, 0xdc]);
-    assert!(matches!(
-        sniff_image(&jpeg, PIXELS),
-        Err(FetchError::TooManyPixels {
-            width: 65_500,
-            height: 65_500
-        })
-    ));
-    let mut gif = encode(8, 8, image::ImageFormat::Gif);
-    gif[6..10].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-    let img_desc = gif.iter().position(|b| *b == 0x2c).unwrap();
-    gif[img_desc + 5..img_desc + 9].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-    assert!(
-        too_many(sniff_image(&gif, PIXELS)),
-        "{:?}",
-        sniff_image(&gif, PIXELS)
-    );
-    assert!(too_many(sniff_image(
-        &patched_png(100_000, 100_000),
-        PIXELS
-    )));
-    // Side limit even when the area is small.
-    assert!(too_many(sniff_image(&patched_png(16_385, 1), PIXELS)));
-    assert!(sniff_image(&patched_png(16_384, 1), PIXELS).is_ok());
-    // Area limit with both sides under MAX_SIDE.
-    assert!(too_many(sniff_image(&patched_png(10_000, 5_001), PIXELS)));
-    assert!(sniff_image(&patched_png(10_000, 5_000), PIXELS).is_ok());
-    assert!(too_many(sniff_image(
-        &heif(b"heic", &[], &[(20_000, 20_000)]),
-        PIXELS
-    )));
-    assert!(matches!(
-        sniff_image(&patched_png(0, 10), PIXELS),
-        Err(FetchError::NotAnImage(_)) | Err(FetchError::TooManyPixels { .. })
-    ));
 }
