@@ -13,6 +13,10 @@ mod prices;
 pub use model::Model;
 pub use prices::Prices;
 
+/// The longest side, in pixels, of any image we decode or draw: input images over it are
+/// refused before they are decoded, and the placeholder never draws more.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
 /// The most images one `edit` may reference (contract: at most 16).
 pub const MAX_IMAGE_URLS: usize = 16;
 

@@ -25,15 +25,13 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder, ImageReader, Limits, RgbImage, RgbaImage};
 
 use super::{GeneratedImage, ImageJob, ImageProvider, InputImage, ProviderError};
+use crate::domain::MAX_IMAGE_SIDE;
 
-/// The longest side we draw. Gemini's widest sizes (8:1 at 4K) are 12288 pixels long.
-pub const MAX_SIDE: u32 = 16_384;
 /// The most pixels we draw: a bit over 4K's 5504x3072 and 12288x1536, about 72 MiB as RGB.
 pub const MAX_PIXELS: u64 = 24 * 1024 * 1024;
 
 /// Caps what decoding one input image may allocate; larger inputs become a labelled box.
 const INPUT_MAX_ALLOC: u64 = 256 * 1024 * 1024;
-const INPUT_MAX_SIDE: u32 = 16_384;
 /// A font file larger than this is not a font we want in memory for a label.
 const FONT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -42,9 +40,9 @@ pub enum PlaceholderError {
     /// A side of zero pixels: the caller computed a size it should have rejected.
     #[error("cannot draw a {width}x{height} image: both sides must be at least 1 pixel")]
     EmptySize { width: u32, height: u32 },
-    /// Over [`MAX_SIDE`] or [`MAX_PIXELS`]: refused rather than allocate without bound.
+    /// Over [`MAX_IMAGE_SIDE`] or [`MAX_PIXELS`]: refused rather than allocate without bound.
     #[error(
-        "cannot draw a {width}x{height} image: the placeholder draws at most {MAX_SIDE} pixels a side and {MAX_PIXELS} in all"
+        "cannot draw a {width}x{height} image: the placeholder draws at most {MAX_IMAGE_SIDE} pixels a side and {MAX_PIXELS} in all"
     )]
     TooLarge { width: u32, height: u32 },
     /// The PNG encoder failed (in practice only if memory runs out).
@@ -104,7 +102,11 @@ fn render_with(job: &ImageJob, fonts: &Fonts) -> Result<Vec<u8>, PlaceholderErro
     if width == 0 || height == 0 {
         return Err(PlaceholderError::EmptySize { width, height });
     }
-    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
+    // Gemini's widest sizes (8:1 at 4K) are 12288 pixels long, well within the side limit.
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || u64::from(width) * u64::from(height) > MAX_PIXELS
+    {
         return Err(PlaceholderError::TooLarge { width, height });
     }
 
@@ -567,8 +569,8 @@ fn draw_inputs(canvas: &mut RgbImage, fonts: &Fonts, inputs: &[InputImage], area
 fn decode_thumbnail(input: &InputImage, max_w: u32, max_h: u32) -> image::ImageResult<RgbaImage> {
     let mut reader = ImageReader::new(Cursor::new(&input.bytes[..])).with_guessed_format()?;
     let mut limits = Limits::default();
-    limits.max_image_width = Some(INPUT_MAX_SIDE);
-    limits.max_image_height = Some(INPUT_MAX_SIDE);
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(INPUT_MAX_ALLOC);
     reader.limits(limits);
     // `thumbnail` fits the image inside the cell, up or down, with a cheap integer filter.
@@ -1320,7 +1322,7 @@ mod tests {
                 Err(PlaceholderError::EmptySize { .. })
             ));
         }
-        for (w, h) in [(MAX_SIDE + 1, 1), (8192, 8192)] {
+        for (w, h) in [(MAX_IMAGE_SIDE + 1, 1), (8192, 8192)] {
             assert!(matches!(
                 render_png(&job("x", w, h)),
                 Err(PlaceholderError::TooLarge { .. })
