@@ -14,9 +14,11 @@ use std::sync::LazyLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use nano_banana::domain::{Action, ImagesRequest, MAX_IMAGE_URLS, RequestLimits};
+use nano_banana::domain::{
+    Action, ImagesRequest, MAX_IMAGE_SIDE as MAX_SIDE, MAX_IMAGE_URLS, RequestLimits,
+};
 use nano_banana::fetch::{
-    FetchError, FetchPolicy, Fetcher, MAX_SIDE, is_global, parse_data_uri, sniff_image,
+    FetchError, FetchPolicy, Fetcher, is_global, parse_data_uri, sniff_image,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};

@@ -36,9 +36,6 @@ pub use self::image::{parse_data_uri, sniff_image};
 use self::policy::{Rules, has_scheme, refusal_text, strict_syntax};
 use self::resolver::{FilteringResolver, Lookup};
 
-/// [`MAX_IMAGE_SIDE`](crate::domain::MAX_IMAGE_SIDE) under the name `tests/fuzz.rs` imports.
-pub use crate::domain::MAX_IMAGE_SIDE as MAX_SIDE;
-
 #[derive(Debug, Clone)]
 pub struct FetchPolicy {
     /// Allow every address, including loopback and private ranges. Tests and trusted setups only.
