@@ -6,7 +6,6 @@
 pub mod admin;
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod domain;
