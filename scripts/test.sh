@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, CI): the whole suite, twice where it matters.
 #
-#   1. `cargo test`: unit tests, the API suite on SQLite + a local folder, the S3, Redis and
-#      multi-node tests, the fuzz and benchmark smoke tests.
+#   1. `cargo test --workspace`: unit tests (crates/testkit's too), the API suite on SQLite + a
+#      local folder, the S3, Redis and multi-node tests, the fuzz and benchmark smoke tests.
 #   2. `NANO_BANANA_TEST_STACK=scaled cargo test --test api`: the same API suite again, every
 #      test on PostgreSQL + S3 + Redis (a fresh schema, bucket prefix and key prefix each).
 #
@@ -48,8 +48,8 @@ if $started_s3 && [[ -z ${NANO_BANANA_KEEP_SERVICES:-} ]]; then
 fi
 eval "$(scripts/dev-services.sh env)"
 
-say "pass 1: cargo test (SQLite + local folder; S3, Redis and multi-node tests)"
-cargo test "$@"
+say "pass 1: cargo test --workspace (SQLite + local folder; S3, Redis and multi-node tests)"
+cargo test --workspace "$@"
 
 say "pass 2: the API suite on PostgreSQL + S3 + Redis"
 NANO_BANANA_TEST_STACK=scaled cargo test "$@" --test api

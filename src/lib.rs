@@ -23,7 +23,6 @@
 pub mod accounts;
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod domain;

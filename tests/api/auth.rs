@@ -94,7 +94,7 @@ async fn health_and_openapi_answer_without_a_token() {
 
 #[tokio::test]
 async fn metrics_cover_the_queue_upstream_and_callbacks() {
-    let receiver = crate::helpers::CallbackReceiver::start(0, false).await;
+    let receiver = crate::helpers::callback_receiver(0, false).await;
     let app = spawn_app().await;
     app.post_images(json!({"prompt": "counted"})).await;
     app.post_images(json!({"prompt": "called back", "callback_url": receiver.url()}))

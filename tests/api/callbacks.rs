@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{CallbackReceiver, spawn_app, spawn_app_with};
+use crate::helpers::{callback_receiver, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_final_body_arrives_at_the_callback_url() {
-    let receiver = CallbackReceiver::start(0, false).await;
+    let receiver = callback_receiver(0, false).await;
     let app = spawn_app().await;
     let accepted = app
         .post_images(json!({"prompt": "a white siamese cat", "callback_url": receiver.url()}))
@@ -33,7 +33,7 @@ async fn the_final_body_arrives_at_the_callback_url() {
 
 #[tokio::test]
 async fn a_failing_receiver_is_retried_until_it_accepts() {
-    let receiver = CallbackReceiver::start(3, false).await;
+    let receiver = callback_receiver(3, false).await;
     let app = spawn_app().await;
     let accepted = app
         .post_images(json!({"prompt": "x", "callback_url": receiver.url()}))
@@ -54,8 +54,8 @@ async fn a_failing_receiver_is_retried_until_it_accepts() {
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_holds_up_nothing_else() {
-    let stuck = CallbackReceiver::start(0, true).await;
-    let healthy = CallbackReceiver::start(0, false).await;
+    let stuck = callback_receiver(0, true).await;
+    let healthy = callback_receiver(0, false).await;
     let app = spawn_app_with(|c| c.callback_timeout = Duration::from_millis(300)).await;
     for _ in 0..3 {
         app.post_images(json!({"prompt": "stuck", "callback_url": stuck.url()}))
@@ -109,7 +109,7 @@ async fn signed_callbacks_verify_with_an_independent_standard_webhooks_implement
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
-    let receiver = CallbackReceiver::start(1, false).await;
+    let receiver = callback_receiver(1, false).await;
     let app = spawn_app_with(|c| c.callback_signing_key = Some(key.to_vec())).await;
     app.post_images(json!({"prompt": "signed", "callback_url": receiver.url()}))
         .await;

@@ -165,7 +165,7 @@ async fn running_out_of_file_descriptors_pauses_accepting_until_some_are_free() 
     use std::os::unix::process::CommandExt;
     const LIMIT: u64 = 64;
     let data = tempfile::tempdir().unwrap();
-    let port = crate::procs::free_port();
+    let port = nano_banana_testkit::free_port();
     // Nothing listens on the upstream's port: only /healthz is asked for.
     let mut command = crate::procs::server_command(data.path(), port, "http://127.0.0.1:9", &[]);
     // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,

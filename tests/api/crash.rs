@@ -7,9 +7,11 @@ use std::{collections::HashSet, time::Duration};
 use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Latency};
 use serde_json::json;
 
+use nano_banana_testkit::free_port;
+
 use crate::{
-    helpers::{CallbackReceiver, TOKEN, scaled, scaled_stack_env},
-    procs::{assert_callbacks_match, free_port, post, start_server, wait_until_all_ended},
+    helpers::{TOKEN, callback_receiver, scaled, scaled_stack_env},
+    procs::{assert_callbacks_match, post, start_server, wait_until_all_ended},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +22,7 @@ async fn tasks_and_callbacks_survive_sigkill() {
     })
     .await
     .expect("the fake upstream starts");
-    let receiver = CallbackReceiver::start(0, false).await;
+    let receiver = callback_receiver(0, false).await;
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut env = vec![("NANO_BANANA_WORKERS".to_owned(), "16".to_owned())];
     if scaled() {
@@ -40,7 +42,7 @@ async fn tasks_and_callbacks_survive_sigkill() {
         } else {
             body["async"] = json!(true);
         }
-        let url = format!("{}/nano-banana/images", server.address);
+        let url = format!("{}/nano-banana/images", server.base_url);
         let (status, accepted) = post(&client, url, TOKEN, body).await;
         assert_eq!(status, 200, "{accepted}");
         let id = accepted["task_id"].as_str().expect("a task id").to_owned();
@@ -63,7 +65,7 @@ async fn tasks_and_callbacks_survive_sigkill() {
     let server = start_server(data_dir.path(), port, &fake.base_url(), &env).await;
 
     // Every task ends, and succeeds.
-    let records = wait_until_all_ended(&client, &server.address, &ids).await;
+    let records = wait_until_all_ended(&client, &server.base_url, &ids).await;
     for record in records.values() {
         assert_eq!(record["state"], "succeeded", "{record}");
     }

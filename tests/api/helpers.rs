@@ -11,6 +11,7 @@ use nano_banana::{
     storage::images::{S3Settings, StorageConfig},
     tasks::TaskSettings,
 };
+use nano_banana_testkit::{Behaviour, CallbackReceiver};
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -427,92 +428,16 @@ impl Drop for ImageHost {
     }
 }
 
-/// A loopback receiver for callbacks: records every POST; fails the first `fail_first` with 500;
-/// with `hang`, never answers.
-#[derive(Clone)]
-pub struct CallbackReceiver {
-    pub port: u16,
-    received: std::sync::Arc<std::sync::Mutex<Vec<(HeaderMap, Value)>>>,
-    raw: std::sync::Arc<std::sync::Mutex<Vec<bytes::Bytes>>>,
-}
-
-impl CallbackReceiver {
-    pub async fn start(fail_first: usize, hang: bool) -> CallbackReceiver {
-        use std::sync::{
-            Arc, Mutex,
-            atomic::{AtomicUsize, Ordering},
-        };
-        let received: Arc<Mutex<Vec<(HeaderMap, Value)>>> = Arc::default();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let log = received.clone();
-        let raw: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
-        let raw_log = raw.clone();
-        let app = axum::Router::new().fallback(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let log = log.clone();
-                let raw_log = raw_log.clone();
-                let calls = calls.clone();
-                async move {
-                    let n = calls.fetch_add(1, Ordering::SeqCst);
-                    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let mut map = HeaderMap::new();
-                    for (name, v) in headers.iter() {
-                        map.insert(name.clone(), v.clone());
-                    }
-                    log.lock().unwrap().push((map, value));
-                    raw_log.lock().unwrap().push(body);
-                    if hang {
-                        std::future::pending::<()>().await;
-                    }
-                    if n < fail_first {
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        axum::http::StatusCode::OK
-                    }
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        CallbackReceiver {
-            port,
-            received,
-            raw,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/callback", self.port)
-    }
-
-    pub fn received(&self) -> Vec<(HeaderMap, Value)> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// The exact bytes of each post, in arrival order.
-    pub fn raw_bodies(&self) -> Vec<bytes::Bytes> {
-        self.raw.lock().unwrap().clone()
-    }
-
-    /// Waits until `n` posts arrived.
-    pub async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.received();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} callbacks arrived",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// A loopback receiver for callbacks, the one the benchmark uses too: records every POST; fails
+/// the first `fail_first` with 500; with `hang`, never answers.
+pub async fn callback_receiver(fail_first: usize, hang: bool) -> CallbackReceiver {
+    CallbackReceiver::start(Behaviour {
+        fail_first,
+        hang,
+        ..Behaviour::default()
+    })
+    .await
+    .expect("the callback receiver starts")
 }
 
 /// Points the server's upstreams (plain and `:official`) at a Gemini endpoint, e.g. a fake.

@@ -11,7 +11,7 @@ use nano_banana::{config::Config, storage::images::StorageConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    CallbackReceiver, TOKEN, TestApp, answer, fresh_postgres_schema, spawn_app_with,
+    TOKEN, TestApp, answer, callback_receiver, fresh_postgres_schema, spawn_app_with,
 };
 
 const ADMIN_KEY: &str = "migrate-admin-key";
@@ -100,7 +100,7 @@ fn assert_counts(summary: &Value, expected: &[(&str, i64)]) {
 async fn a_sqlite_server_moves_to_postgresql_with_its_tokens_tasks_and_balances() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = sqlite_url(dir.path());
-    let receiver = CallbackReceiver::start(0, false).await;
+    let receiver = callback_receiver(0, false).await;
 
     // ---- state made through the API, on SQLite ----
     let old = app_on(&sqlite, dir.path()).await;

@@ -11,11 +11,11 @@ use std::{
 use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Latency};
 use serde_json::{Value, json};
 
+use nano_banana_testkit::{ChildProcess, free_port};
+
 use crate::{
-    helpers::{CallbackReceiver, TOKEN, scaled_stack_env},
-    procs::{
-        ServerProcess, assert_callbacks_match, free_port, post, start_server, wait_until_all_ended,
-    },
+    helpers::{TOKEN, callback_receiver, scaled_stack_env},
+    procs::{assert_callbacks_match, post, start_server, wait_until_all_ended},
 };
 
 const ADMIN_KEY: &str = "multinode-admin-key";
@@ -24,7 +24,7 @@ const ADMIN_KEY: &str = "multinode-admin-key";
 async fn start_node(
     stack: &[(String, String)],
     upstream: &str,
-) -> (ServerProcess, tempfile::TempDir) {
+) -> (ChildProcess, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut env = vec![
         ("NANO_BANANA_ADMIN_KEY".to_owned(), ADMIN_KEY.to_owned()),
@@ -43,7 +43,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     })
     .await
     .expect("the fake upstream starts");
-    let receiver = CallbackReceiver::start(0, false).await;
+    let receiver = callback_receiver(0, false).await;
     let stack = scaled_stack_env().await;
     // One at a time: the first creates the bootstrap token, the second finds it.
     let (first, _first_dir) = start_node(&stack, &fake.base_url()).await;
@@ -54,7 +54,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     // The rate limit holds for both nodes together: 60 a minute (one a second), burst 5.
     let (status, created) = {
         let response = client
-            .post(format!("{}/admin/apps", nodes[0].address))
+            .post(format!("{}/admin/apps", nodes[0].base_url))
             .bearer_auth(ADMIN_KEY)
             .json(&json!({"name": "limited", "credits": 100000, "rate_per_minute": 60, "burst": 5}))
             .send()
@@ -68,7 +68,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     assert_eq!(status, 200, "{created}");
     let app_id = created["id"].as_str().expect("an id");
     let token = client
-        .post(format!("{}/admin/apps/{app_id}/tokens", nodes[1].address))
+        .post(format!("{}/admin/apps/{app_id}/tokens", nodes[1].base_url))
         .bearer_auth(ADMIN_KEY)
         .json(&json!({}))
         .send()
@@ -87,7 +87,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
         let node = &nodes[i % 2];
         let (status, body) = post(
             &client,
-            format!("{}/nano-banana/images", node.address),
+            format!("{}/nano-banana/images", node.base_url),
             &token,
             json!({"prompt": format!("limited {i}"), "async": true}),
         )
@@ -122,7 +122,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
         }
         let (status, accepted) = post(
             &client,
-            format!("{}/nano-banana/images", node.address),
+            format!("{}/nano-banana/images", node.base_url),
             TOKEN,
             body,
         )
@@ -138,7 +138,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     // Kill the first node mid-flight; the second finishes its tasks once their leases expire.
     receiver.wait_for(5).await;
     let mut killed = nodes.remove(0);
-    let killed_address = killed.address.clone();
+    let killed_address = killed.base_url.clone();
     killed.child.kill().expect("SIGKILL");
     killed.child.wait().expect("reaped");
     assert!(
@@ -147,7 +147,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
     );
     let survivor = &nodes[0];
 
-    let records = wait_until_all_ended(&client, &survivor.address, &ids).await;
+    let records = wait_until_all_ended(&client, &survivor.base_url, &ids).await;
     for record in records.values() {
         assert_eq!(record["state"], "succeeded", "{record}");
     }
@@ -164,7 +164,7 @@ async fn two_nodes_share_everything_and_survive_losing_one() {
                 continue;
             };
             let response = client
-                .get(format!("{}{path}", survivor.address))
+                .get(format!("{}{path}", survivor.base_url))
                 .send()
                 .await
                 .expect("request sent");

@@ -1,45 +1,30 @@
-//! The real `nano-banana` binary as child processes (the crash and multi-node tests), and the
-//! checks both make once the dust settles: every task ended, every callback arrived intact.
+//! The real `nano-banana` binary as child processes (the crash, multi-node and connection tests),
+//! started with the suite's flags through the launcher the benchmark uses too
+//! (`nano_banana_testkit::ChildProcess`), and the checks the crash and multi-node tests make once
+//! the dust settles: every task ended, every callback arrived intact.
 
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use nano_banana_testkit::{CallbackReceiver, ChildProcess};
 use serde_json::{Value, json};
 
-use crate::helpers::{CallbackReceiver, TOKEN};
+use crate::helpers::TOKEN;
 
-/// A server process; killed (if still running) when dropped, so a failing test leaves none.
-pub struct ServerProcess {
-    pub child: Child,
-    pub address: String,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-/// Starts `nano-banana serve` on `port` with data under `data_dir`, a Gemini upstream at
-/// `upstream`, 2-second task leases and the extra environment `env`; waits until `/readyz`.
+/// Starts `nano-banana serve` on `port` (a `free_port()`: a restarted server comes back at the
+/// address its stored URLs name) with data under `data_dir`, a Gemini upstream at `upstream`,
+/// 2-second task leases and the extra environment `env`; waits until `/readyz`. Killed (if still
+/// running) when dropped, so a failing test leaves none.
 pub async fn start_server(
     data_dir: &Path,
     port: u16,
     upstream: &str,
     env: &[(String, String)],
-) -> ServerProcess {
+) -> ChildProcess {
     start(server_command(data_dir, port, upstream, env), port).await
 }
 
@@ -68,25 +53,18 @@ pub fn server_command(
     command
 }
 
-/// Spawns `command` (a server listening on `port`) and waits until `/readyz` answers 200.
-pub async fn start(mut command: Command, port: u16) -> ServerProcess {
-    let child = command.spawn().expect("the server binary starts");
-    let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(format!("{address}/readyz")).send().await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server at {address} did not become ready"
+/// Spawns `command` (a server listening on `port`) and waits until `/readyz` answers 2xx
+/// (it answers 200 or 503), failing at once if the server exits.
+pub async fn start(command: Command, port: u16) -> ChildProcess {
+    let mut server = ChildProcess::spawn_at("server", command, format!("http://127.0.0.1:{port}"))
+        .expect("the server binary starts");
+    if let Err(e) = server.wait_healthy("/readyz").await {
+        panic!(
+            "the server at {} did not become ready: {e:#}",
+            server.base_url
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    ServerProcess { child, address }
+    server
 }
 
 /// POSTs `body` with `token`; the status and the JSON answer.

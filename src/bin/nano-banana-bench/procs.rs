@@ -1,123 +1,36 @@
-//! The processes a benchmark drives: the `nano-banana serve` server, the `nano-banana fake-gemini`
-//! upstream and the plain static file server, each a child process so that its peak RSS and CPU
-//! time can be read from `/proc/<pid>` and so that no two of them share a file-descriptor limit.
-//! Also the work folder they write into. What does not live here: load (`load.rs`).
+//! The processes a benchmark run drives, with the flags and environment the benchmark gives them:
+//! the `nano-banana serve` server, the `nano-banana fake-gemini` upstream and the static file
+//! server, each a child process so that its peak RSS and CPU time can be read from `/proc/<pid>`
+//! and so that no two of them share a file-descriptor limit. Also the run's work folder (their
+//! databases and logs) and its open-files limit. Not here: starting a child, waiting for its
+//! address and reading its usage (`nano_banana_testkit::process`, shared with the tests), and
+//! load (`load.rs`).
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
+use nano_banana_testkit::ChildProcess;
 
 /// The first token of the benchmark server's empty database.
 pub const TOKEN: &str = "nb-bench-token-0123456789abcdef";
 
-/// How long a child gets to print its address and answer its health check.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child process, killed (and reaped) when dropped so that a failed run leaves nothing behind.
-pub struct ChildProcess {
-    name: &'static str,
-    child: Child,
-    /// `http://127.0.0.1:PORT`, as the child printed it.
-    pub base_url: String,
-}
-
-impl ChildProcess {
-    /// Starts `command` with stdout piped (stderr goes to `log`) and waits for a stdout line
-    /// containing `marker`, followed by the child's base URL.
-    fn spawn(
-        name: &'static str,
-        mut command: Command,
-        marker: &'static str,
-        log: &Path,
-    ) -> anyhow::Result<ChildProcess> {
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("creating the log file {}", log.display()))?;
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting the {name} ({command:?})"))?;
-        let stdout = child.stdout.take().context("the child's stdout")?;
-        let (found, address) = mpsc::channel();
-        // Reads the address, then keeps draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split_once(marker).map(|(_, rest)| rest)
-                    && let Some(sender) = found.take()
-                {
-                    let url = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = sender.send(url.trim_end_matches('/').to_owned());
-                }
-            }
-        });
-        let mut process = ChildProcess {
-            name,
-            child,
-            base_url: String::new(),
-        };
-        match address.recv_timeout(START_TIMEOUT) {
-            Ok(url) if url.starts_with("http://") => process.base_url = url,
-            _ => bail!(
-                "the {name} did not print its address within {START_TIMEOUT:?} (exit status: \
-                 {:?}); see {}",
-                process.child.try_wait().ok().flatten(),
-                log.display()
-            ),
-        }
-        Ok(process)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// CPU time and peak RSS so far.
-    pub fn usage(&self) -> anyhow::Result<Usage> {
-        Usage::of(self.pid()).with_context(|| format!("reading the {}'s usage", self.name))
-    }
-
-    /// Waits until `GET {base_url}{path}` answers 2xx.
-    pub async fn wait_healthy(
-        &mut self,
-        client: &reqwest::Client,
-        path: &str,
-    ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let url = format!("{}{path}", self.base_url);
-        loop {
-            if let Ok(answer) = client.get(&url).send().await
-                && answer.status().is_success()
-            {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("the {} exited ({status}) before it was healthy", self.name);
-            }
-            if started.elapsed() > START_TIMEOUT {
-                bail!(
-                    "the {} did not answer {url} within {START_TIMEOUT:?}",
-                    self.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `command` with no stdin and stderr into `log`, and waits for the stdout line
+/// `marker` followed by its address (each child is told to listen on port 0).
+fn spawn(
+    name: &str,
+    mut command: Command,
+    marker: &str,
+    log: &Path,
+) -> anyhow::Result<ChildProcess> {
+    let log_file = std::fs::File::create(log)
+        .with_context(|| format!("creating the log file {}", log.display()))?;
+    command.stdin(Stdio::null()).stderr(log_file);
+    // The log says why a child did not start; the launcher does not know where it is.
+    ChildProcess::spawn_announced(name, command, marker)
+        .map_err(|e| anyhow!("{e:#}; see {}", log.display()))
 }
 
 /// Which binaries to run.
@@ -172,7 +85,7 @@ pub fn start_fake(
         .arg("--image-bytes")
         .arg(spec.image_bytes.to_string())
         .env("RUST_LOG", "warn");
-    ChildProcess::spawn(
+    spawn(
         "fake Gemini upstream",
         command,
         "fake Gemini upstream on ",
@@ -238,7 +151,7 @@ pub fn start_server(
             command.env(name, value);
         }
     }
-    ChildProcess::spawn(
+    spawn(
         "server",
         command,
         "nano-banana is listening on ",
@@ -258,71 +171,12 @@ pub fn start_static(
         .env_clear()
         .args(["serve-file", "--listen", "127.0.0.1:0", "--file"])
         .arg(file);
-    ChildProcess::spawn(
+    spawn(
         "static file server",
         command,
         "serving on ",
         &work.path().join(format!("{label}-static.log")),
     )
-}
-
-/// A process's CPU time (user + system, all threads) and peak resident set so far.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Usage {
-    pub cpu: Duration,
-    pub peak_rss_bytes: u64,
-}
-
-impl Usage {
-    pub fn of(pid: u32) -> anyhow::Result<Usage> {
-        Usage::read(&format!("/proc/{pid}"))
-    }
-
-    pub fn of_self() -> anyhow::Result<Usage> {
-        Usage::read("/proc/self")
-    }
-
-    fn read(dir: &str) -> anyhow::Result<Usage> {
-        let stat = std::fs::read_to_string(format!("{dir}/stat"))
-            .with_context(|| format!("reading {dir}/stat"))?;
-        // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-        let after_name = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .context("unexpected /proc/PID/stat format")?;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .context("unexpected /proc/PID/stat format")
-        };
-        let cpu_ticks = ticks(11)? + ticks(12)?;
-        let status = std::fs::read_to_string(format!("{dir}/status"))
-            .with_context(|| format!("reading {dir}/status"))?;
-        let peak_kb = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        Ok(Usage {
-            cpu: Duration::from_secs_f64(cpu_ticks as f64 / clock_ticks_per_second()),
-            peak_rss_bytes: peak_kb * 1024,
-        })
-    }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a constant of the running system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 /// Raises the soft limit on open files to the hard limit (S3 holds 10,000 connections in the

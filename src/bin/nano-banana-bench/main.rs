@@ -1,24 +1,84 @@
-//! The benchmark tool behind `nano-banana-bench` (issue #7): starts the fake Gemini upstream and
-//! the server as child processes, drives load at them from an async load generator, and reports
-//! requests/s, latency percentiles, errors, the server's peak RSS and CPU time, each next to the
-//! same load sent to the fake upstream directly (or, for stored images, to a plain static file
-//! server), measured in the same run.
+//! `nano-banana-bench`: measures what the server adds in front of a slow image model (scenarios
+//! S1–S6, their targets and the results: BENCHMARKS.md). Starts the fake Gemini upstream and the
+//! server as child processes and reports requests/s, latency percentiles, errors, the server's
+//! peak RSS and CPU time, each next to the same load sent to the fake upstream directly (or, for
+//! stored images, to a plain static file server) in the same run.
 //!
-//! `procs` runs and watches the children, `load` generates load, `servers` holds the tool's own
-//! small servers (callback receiver, static files), `scenarios` S1–S6, `report` the tables. The
-//! server's code is not touched: it is run as a user would run it.
+//! This file owns the command line and the run of the chosen scenarios. `procs` starts the
+//! children with their flags and the run's work folder, `load` generates load, `scenarios` are
+//! S1–S6, `report` the tables, `serve_file` the static file server of S6. Not here: the callback
+//! receiver and the child-process launcher, shared with the integration tests in
+//! `nano_banana_testkit` (crates/testkit). The server's code is not used: this binary does not
+//! import the `nano_banana` library, and runs `nano-banana` as a user would.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 
-pub mod load;
-pub mod procs;
-pub mod report;
+mod load;
+mod procs;
+mod report;
 mod scenarios;
-pub mod servers;
+mod serve_file;
 
-pub use report::Report;
+use report::Report;
+use serve_file::ServeFileArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "nano-banana-bench",
+    version,
+    about = "Benchmark nano-banana against its fake Gemini upstream (scenarios S1–S6)",
+    long_about = "Starts the fake Gemini upstream and the server (`nano-banana`, found next to \
+                  this binary) as child processes, sends the same load to the upstream directly \
+                  and through the server, and prints requests/s, latency percentiles, errors, \
+                  the server's peak RSS and CPU time as a Markdown table.\n\n\
+                  Run it from a release build:\n  \
+                  cargo build --release --bins && target/release/nano-banana-bench",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one file at every path (S6's comparison server; started by the benchmark itself)
+    #[command(hide = true)]
+    ServeFile(ServeFileArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::ServeFile(args)) = cli.command {
+        return match serve_file::serve_file(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(cli.run).await {
+        Ok(report) => {
+            println!("{}", report.render());
+            if report.errors() > 0 {
+                eprintln!("error: {} requests failed", report.errors());
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Which scenarios to run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,7 +194,7 @@ impl Scale {
 
 /// Runs the chosen scenarios and returns what they measured. A scenario that cannot run at all
 /// (a child that does not start) is an error; requests that fail are counted in the report.
-pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
+async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let scale = Scale::from_args(&args)?;
     let bins = procs::Binaries::locate(args.server_bin.clone())?;
     let open_files = procs::raise_open_files_limit()?;

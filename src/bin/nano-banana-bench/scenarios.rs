@@ -1,4 +1,4 @@
-//! Scenarios S1–S6 of issue #7. Each starts its own fake upstream (with that scenario's latency
+//! Scenarios S1–S6 (described, with their targets, in BENCHMARKS.md). Each starts its own fake upstream (with that scenario's latency
 //! and image size) and its own server on a fresh database, measures the same load sent to the
 //! fake directly (or to a static file server, S6) and through the server, and records the
 //! targets as met or missed.
@@ -11,14 +11,14 @@ use std::{
 use anyhow::{Context, bail};
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use bytes::Bytes;
+use nano_banana_testkit::{Behaviour, CallbackReceiver, ChildProcess, Usage};
 use serde_json::{Value, json};
 
 use super::{
     Scale,
     load::{Outcome, Plan, Stop, drive},
-    procs::{self, Binaries, ChildProcess, FakeSpec, ServerSpec, TOKEN, Usage, WorkDir},
+    procs::{self, Binaries, FakeSpec, ServerSpec, TOKEN, WorkDir},
     report::{Report, Row},
-    servers::CallbackReceiver,
 };
 
 const PROMPT: &str = "a nano banana on a plate";
@@ -163,12 +163,18 @@ impl Bench {
         let d = self
             .phase("S4", "direct", concurrency, &fake, None, &direct)
             .await?;
-        let receiver = CallbackReceiver::start().await?;
+        // Thousands of callbacks: keep the tally (first arrival per task), not every post.
+        let receiver = CallbackReceiver::start(Behaviour {
+            tally_only: true,
+            ..Behaviour::default()
+        })
+        .await
+        .context("binding the callback receiver")?;
         let server = self
             .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s4")
             .await?;
         let accepted = Arc::new(Mutex::new(Vec::with_capacity(n)));
-        let body = json!({"prompt": PROMPT, "callback_url": receiver.url});
+        let body = json!({"prompt": PROMPT, "callback_url": receiver.url()});
         let mut submit = Endpoint::images(&server, body, concurrency);
         submit.check = Check::Accepted(accepted.clone());
 
@@ -340,9 +346,7 @@ impl Bench {
         label: &str,
     ) -> anyhow::Result<ChildProcess> {
         let mut server = procs::start_server(&self.bins, &spec, fake, work, label)?;
-        server
-            .wait_healthy(&reqwest::Client::new(), "/healthz")
-            .await?;
+        server.wait_healthy("/healthz").await?;
         Ok(server)
     }
 

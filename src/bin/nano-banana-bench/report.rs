@@ -1,6 +1,6 @@
-//! What a benchmark run prints: one row per measured load phase, one line per target of issue #7
-//! (met or missed), and notes on how the run was set up. Rendered as Markdown tables so the
-//! output can be pasted into BENCHMARKS.md as it is.
+//! What a benchmark run prints: one row per measured load phase, one line per target of
+//! BENCHMARKS.md (met or missed), and notes on how the run was set up. Rendered as Markdown
+//! tables so the output can be pasted into BENCHMARKS.md as it is.
 
 use std::{fmt::Write as _, time::Duration};
 
