@@ -1,6 +1,7 @@
 //! Wiring: `Application::build(config)` opens the database and image store, builds the provider
 //! routes, binds the listener (port 0 works: tests use it) and creates the first token on an empty
 //! database; `run_until_stopped` serves HTTP and runs the workers until a shutdown signal.
+//! The top of the graph: it imports every service, and nothing imports it but `main`.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -2,6 +2,7 @@
 //! then `NANO_BANANA_*` environment variables, then command-line flags (each later source wins).
 //! The flags and variables are declared once, on `ServeArgs`, so `--help` lists them all; the TOML
 //! file uses the same names in snake_case (and is the only place for per-model routes).
+//! Imports the settings types of the modules it configures; never `http`, `tasks` or `app`.
 
 use std::{
     collections::BTreeMap,

@@ -6,18 +6,18 @@
 //! | module | owns | may import |
 //! |---|---|---|
 //! | `app` | wiring: builds every service from `Config`, serves until stopped | everything |
-//! | `http` | routes, extractors, the error → response mapping | `accounts`, `tasks`, `domain`, `api`, `limits`, `storage` (readiness, image files) |
-//! | `client` | the CLI's client commands (`generate`, `edit`, `task`, `admin`) | `api`, `accounts`, `storage`, `config` |
+//! | `http` | routes, extractors, the error → response mapping | `accounts`, `tasks`, `domain`, `api`, `limits`, `storage` (readiness, image files), `telemetry` |
+//! | `client` | the CLI's client commands (`generate`, `edit`, `task`, `admin`) | `api`, `accounts`, `storage`, `config`, `telemetry` |
 //! | `accounts` | applications, tokens, credits, authentication, the admin service | `api`, `domain`, `storage` |
 //! | `tasks` | the task lifecycle: admission, queue, workers, callbacks | `accounts` (the `Caller`), `domain`, `api`, `fetch`, `providers`, `storage`, `config` |
 //! | `providers` | upstream image models behind one trait (Gemini, the placeholder) | `domain` |
-//! | `fetch` | the outbound-request policy (SSRF rules, size caps, `data:` URIs, image sniffing) | `domain`, `providers` (input images) |
-//! | `storage` | the database (SQLite or PostgreSQL) and the image store (folder or S3) | nothing above it |
+//! | `fetch` | the outbound-request policy (SSRF rules, size caps, `data:` URIs, image sniffing) | `domain`, `providers` (the input image type) |
+//! | `storage` | the database (SQLite or PostgreSQL) and the image store (folder or S3) | nothing |
 //! | `limits` | per-application rate limits (in process or Redis) | `api`, `telemetry` |
-//! | `config` | one `Config` from flags, environment and file | the settings types of the modules it configures |
-//! | `domain` | validated request types, models, prices, the clock | `api` |
+//! | `config` | one `Config` from flags, environment and file | the settings types of the modules it configures, `telemetry` |
+//! | `domain` | validated request types, models, prices, the clock | nothing |
 //! | `api` | the wire contract: codes, bodies, the task record | nothing |
-//! | `fake` | a fake Gemini upstream (tests, benchmark, `nano-banana fake-gemini`) | `domain` |
+//! | `fake` | a fake Gemini upstream (tests, `nano-banana fake-gemini`) | nothing |
 //! | `telemetry` | logs, metrics, redaction | nothing |
 
 pub mod accounts;

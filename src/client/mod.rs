@@ -7,6 +7,7 @@
 //! `run_*` function that returns an [`Outcome`], so tests drive the real logic against a fake
 //! server without a terminal. Not here: the server side of the contract, argument dispatch
 //! (`main.rs`), error printing (the binary prints the returned error as `error: {err:#}`).
+//! Imports `api` (and, for `admin`, `accounts`, `storage` and `config`); never `http` or `tasks`.
 
 pub mod admin;
 mod api;

@@ -4,6 +4,7 @@
 //! (`size`, `negative_prompt`, `mirror`, …) are ignored as the contract requires.
 //!
 //! What does not live here: fetching images (`fetch`), the model → upstream mapping (`providers`).
+//! Imports no other module of the crate (the clock and the hash helper here are leaves too).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -5,7 +5,8 @@
 //! addresses (the connection then goes to exactly the checked address, so DNS rebinding fails),
 //! a redirect policy that vets every hop, streaming size caps, `data:` URI parsing, and sniffing
 //! of the image format and header-only dimensions (decompression-bomb guard).
-//! What does not: pixel decoding, retries, callback signing and scheduling.
+//! What does not: pixel decoding, retries, callback signing and scheduling. Imports `domain` and
+//! `providers` (the input image type) only.
 //!
 //! This file holds [`Fetcher`] with its [`FetchPolicy`] and [`FetchError`], the redirect policy
 //! and the capped download. Which URLs and addresses pass is decided in `policy.rs` (`Rules`),

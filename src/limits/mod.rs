@@ -6,7 +6,8 @@
 //! and Redis (`--redis-url`; the limit holds for all nodes together). Both run the same step,
 //! [`Gcra::step`], in integer microseconds: the Lua script in `gcra.lua` is a line-by-line copy,
 //! and the tests run one table of cases against both. What happens when Redis is unreachable is
-//! the `--redis-failure-mode`; see `redis.rs`.
+//! the `--redis-failure-mode`; see `redis.rs`. Imports `api` (the throttle a refusal carries) and
+//! `telemetry`, nothing else.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration, time::Instant};
 

@@ -1,6 +1,7 @@
 //! Image providers: the one trait every upstream (Gemini, the offline placeholder, …) implements,
 //! the types that cross it, and the routing table that maps a public model name to a provider and
-//! an upstream model id. Providers never see HTTP requests, tokens or the database.
+//! an upstream model id. Providers never see HTTP requests, tokens or the database: they import
+//! `domain` and nothing above it.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

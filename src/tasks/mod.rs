@@ -4,6 +4,7 @@
 //! Workers (`worker.rs`) claim tasks from the database with a lease, so a task survives the death
 //! of the process that accepted it; callbacks (`callbacks.rs`) go through an outbox written with
 //! the result. What does not live here: HTTP (the `http` module calls `Tasks`), SQL (`storage`).
+//! Imports `accounts` only for the `Caller`; never `http`, `app` or `client`.
 
 use std::{
     collections::{HashMap, HashSet},
