@@ -99,6 +99,7 @@ impl Application {
                 max_prompt_chars: config.max_prompt_chars,
                 ..RequestLimits::default()
             },
+            max_image_bytes: config.fetch.max_image_bytes,
             rate_limiter: build_rate_limiter(&config).await?,
             admin_key: config.admin_key.as_deref().map(AdminKey::new),
         });

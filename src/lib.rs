@@ -25,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod config;
+pub mod dialects;
 pub mod domain;
 pub mod fake;
 pub mod fetch;

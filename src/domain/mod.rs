@@ -13,10 +13,12 @@ use sha2::{Digest, Sha256};
 
 mod lookup;
 pub mod model;
+mod output;
 mod prices;
 
 pub use lookup::{MAX_BATCH_IDS, TasksRequest};
 pub use model::Model;
+pub use output::{OutputFormat, OutputOptions};
 pub use prices::Prices;
 
 /// The longest side, in pixels, of any image we decode or draw: input images over it are
@@ -181,6 +183,11 @@ pub struct ImagesRequest {
     pub resolution: Resolution,
     pub callback_url: Option<String>,
     pub asynchronous: bool,
+    /// Ours: how the stored images are encoded.
+    pub output: OutputOptions,
+    /// Ours, for an edit: a PNG (`data:` URI or URL) the size of the first image whose
+    /// transparent pixels mark what may change; the rest of the first image is kept as it was.
+    pub mask: Option<String>,
 }
 
 impl ImagesRequest {
@@ -271,6 +278,22 @@ impl ImagesRequest {
             Some(_) => return Err(invalid("async must be a boolean.")),
         };
 
+        let output = OutputOptions::parse(object)?;
+        let mask = match optional_str(object, "mask")? {
+            None => None,
+            Some(_) if action == Action::Generate => {
+                return Err(invalid("mask is only for action edit."));
+            }
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) if !is_data_uri(s.trim()) && s.len() > limits.max_url_chars => {
+                return Err(invalid(format!(
+                    "mask is too long: at most {} characters.",
+                    limits.max_url_chars
+                )));
+            }
+            Some(s) => Some(s.trim().to_owned()),
+        };
+
         Ok(ImagesRequest {
             action,
             prompt,
@@ -281,6 +304,8 @@ impl ImagesRequest {
             resolution,
             callback_url,
             asynchronous,
+            output,
+            mask,
         })
     }
 }

@@ -32,11 +32,15 @@ use crate::{
 
 mod admin;
 pub mod auth;
+mod dialect;
 pub mod error;
 mod files;
+mod gemini;
 mod images;
 mod meta;
+mod openai;
 pub mod server;
+mod submit;
 mod tasks;
 
 pub use error::HttpError;
@@ -54,6 +58,8 @@ pub struct Services {
     /// For readiness only: handlers reach data through `accounts` and `tasks`.
     pub db: Db,
     pub limits: RequestLimits,
+    /// The largest input image, in bytes: uploads are checked against it as they arrive.
+    pub max_image_bytes: usize,
     /// Per-application rate limits; `check()` tells readiness whether its store answers.
     pub rate_limiter: RateLimiter,
     /// `None`: the admin API is off.
@@ -86,11 +92,23 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/nano-banana/tasks", post(tasks::retrieve))
         .route("/gemini/tasks", post(tasks::retrieve))
         .route("/nanobanana/tasks", post(tasks::retrieve))
+        .route("/v1/images/generations", post(openai::v1_generations))
+        .route("/v1/images/edits", post(openai::v1_edits))
+        .route(
+            "/openai/images/generations",
+            post(openai::original_generations),
+        )
+        .route("/openai/images/edits", post(openai::original_edits))
+        // One path, two dialects: OpenAI's model lookup, and Gemini's `generateContent` under the
+        // API version the `google-genai` SDK uses by default.
+        .route("/v1/models/{id}", get(openai::model).post(gemini::generate))
+        .route("/v1beta/models/{target}", post(gemini::generate))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()
         .merge(api)
         .merge(admin::routes(state.clone()))
         .route("/images/{key}", get(files::get))
+        .route("/v1/models", get(openai::models))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/openapi.json", get(meta::openapi))

@@ -18,7 +18,7 @@ use crate::{
 pub async fn retrieve(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
-    Authenticated(caller): Authenticated,
+    Authenticated { caller, .. }: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let body = parse_json_body(&trace_id, body)?;

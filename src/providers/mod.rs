@@ -142,6 +142,21 @@ impl Routes {
         self.routes.get(&model)
     }
 
+    /// The models this server offers, in the contract's order.
+    pub fn offered(&self) -> Vec<Model> {
+        Model::all()
+            .filter(|m| self.routes.contains_key(m))
+            .collect()
+    }
+
+    /// The public model an upstream model id is offered as: the first, in the contract's order
+    /// (so `nano-banana` before `nano-banana:official`), whose route names it.
+    pub fn by_upstream(&self, upstream_model: &str) -> Option<Model> {
+        self.offered()
+            .into_iter()
+            .find(|m| self.routes[m].upstream_model == upstream_model)
+    }
+
     /// Whether any route ends at the offline placeholder (printed at start-up).
     pub fn uses_placeholder(&self) -> bool {
         self.routes

@@ -306,6 +306,26 @@ impl ImageStore {
         })
     }
 
+    /// The whole image `key` in memory, with its content type: for answers that carry the image
+    /// itself (OpenAI's `b64_json`, Gemini's `inlineData`).
+    pub async fn read(&self, key: &str) -> Result<(Bytes, &'static str), StoreError> {
+        let image = self.get(key).await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(image.size).unwrap_or(0));
+        let mut body = image.body;
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.map_err(StoreError::Backend)?);
+        }
+        Ok((Bytes::from(bytes), image.content_type))
+    }
+
+    /// The key of an image URL this store handed out: its last path segment, whichever form the
+    /// URL has (our route, `--image-base-url`, or a presigned URL with its query).
+    pub fn key_in_url(url: &str) -> Option<String> {
+        let parsed = url::Url::parse(url).ok()?;
+        let key = parsed.path_segments()?.next_back()?;
+        object_path(key).ok().map(|_| key.to_owned())
+    }
+
     /// The URL a client fetches the image `key` from. `route_base` is our public base URL,
     /// used when image URLs point at our own `/images/{key}` route.
     pub async fn image_url(&self, route_base: &str, key: &str) -> Result<String, StoreError> {

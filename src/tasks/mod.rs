@@ -19,7 +19,7 @@ use crate::{
     accounts::Caller,
     api::{self, ApiError, ErrorCode, IMAGES_API_ID, TaskRecord, TaskState, Throttle},
     config::Config,
-    domain::{ImagesRequest, Prices, now_ms, sha256_hex},
+    domain::{ImagesRequest, Model, Prices, now_ms, sha256_hex},
     fetch::{FetchError, Fetcher},
     providers::Routes,
     storage::{
@@ -29,6 +29,7 @@ use crate::{
 };
 
 pub mod callbacks;
+mod output;
 mod worker;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -380,6 +381,26 @@ impl Tasks {
                 }
             }
         }
+    }
+
+    /// The public model `name` means: one of ours, or the upstream model id one of ours is routed
+    /// to (`gemini-3-pro-image` is `nano-banana-pro` by default).
+    pub fn model_named(&self, name: &str) -> Option<Model> {
+        Model::parse(name).or_else(|| self.routes.by_upstream(name))
+    }
+
+    /// The names `model_named` knows for the models offered here: ours, then the upstream ids.
+    pub fn model_names(&self) -> Vec<String> {
+        let offered = self.routes.offered();
+        let mut names: Vec<String> = offered.iter().map(|m| m.name().to_owned()).collect();
+        for model in offered {
+            if let Some(route) = self.routes.get(model)
+                && !names.contains(&route.upstream_model)
+            {
+                names.push(route.upstream_model.clone());
+            }
+        }
+        names
     }
 
     /// Tasks per state and the callback backlog, for `/metrics`.

@@ -12,11 +12,14 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::{TaskResult, Tasks, image_error};
+use super::{
+    TaskResult, Tasks, image_error,
+    output::{Finishing, Mask, OutputError},
+};
 use crate::{
     api::{self, ApiError, ErrorCode, ImageEntry},
     domain::{AspectRatio, ImagesRequest, RequestLimits, now_ms},
-    providers::{ImageJob, ImageProvider, ProviderError},
+    providers::{ImageJob, ImageProvider, InputImage, ProviderError},
     storage::{ImageStore, db::ClaimedTask, db::Completion},
 };
 
@@ -289,6 +292,14 @@ async fn make_images(
         inputs.push(loaded.map_err(|e| image_error(i, &e))?);
     }
 
+    let finishing = Finishing {
+        output: request.output,
+        mask: match &request.mask {
+            None => None,
+            Some(source) => Some(load_mask(tasks, source, inputs.first()).await?),
+        },
+    };
+
     let ratio = request.aspect_ratio.unwrap_or_else(|| {
         inputs
             .first()
@@ -311,8 +322,10 @@ async fn make_images(
     let calls = (0..request.count).map(|_| {
         let provider = route.provider.clone();
         let job = &job;
+        let finishing = &finishing;
         async move {
             let image = generate_with_retry(tasks, provider.as_ref(), job, deadline_ms).await?;
+            let image = finish(finishing, image).await?;
             store_image(&tasks.store, &tasks.public_base_url, image).await
         }
     });
@@ -345,7 +358,53 @@ async fn make_images(
 #[derive(Debug)]
 enum ImageFailure {
     Provider(ProviderError, u32),
+    Output(OutputError),
     Store,
+}
+
+/// An edit's mask, checked against the first input image and decoded once for every image.
+async fn load_mask(
+    tasks: &Tasks,
+    source: &str,
+    first: Option<&InputImage>,
+) -> Result<Arc<Mask>, ApiError> {
+    let mask = tasks
+        .fetcher
+        .load_image(source)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("mask cannot be used: {e}.")))?;
+    let first = first
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("mask needs an image to edit."))?;
+    match tokio::task::spawn_blocking(move || Mask::new(&first, &mask)).await {
+        Ok(Ok(mask)) => Ok(Arc::new(mask)),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!("{e}."))),
+        Err(e) => {
+            tracing::error!(error = %e, "decoding a mask failed");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// The made image in the format (and with the mask) the client asked for.
+async fn finish(
+    finishing: &Finishing,
+    image: crate::providers::GeneratedImage,
+) -> Result<crate::providers::GeneratedImage, ImageFailure> {
+    if finishing.mask.is_none() && finishing.output.format.is_none() {
+        return Ok(image);
+    }
+    let finishing = finishing.clone();
+    match tokio::task::spawn_blocking(move || finishing.apply(image)).await {
+        Ok(result) => result.map_err(|e| {
+            tracing::error!(error = %e, "could not convert a made image");
+            ImageFailure::Output(e)
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "converting a made image failed");
+            Err(ImageFailure::Store)
+        }
+    }
 }
 
 /// Stores the image and returns its `image_url`.
@@ -466,6 +525,7 @@ fn summarise_failure(errors: &[ImageFailure]) -> ApiError {
                 "The upstream model's answer could not be read.".to_owned()
             }
         },
+        Some(ImageFailure::Output(e)) => format!("The made image could not be finished: {e}."),
         Some(ImageFailure::Store) => "The image could not be stored.".to_owned(),
         None => "No image was made.".to_owned(),
     };
