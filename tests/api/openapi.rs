@@ -44,6 +44,14 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         "GET /admin/tokens",
         "POST /admin/tokens/{id}/revoke",
         "GET /admin/usage",
+        "POST /v1/images/generations",
+        "POST /v1/images/edits",
+        "POST /openai/images/generations",
+        "POST /openai/images/edits",
+        "GET /v1/models",
+        "GET /v1/models/{id}",
+        "POST /v1/models/{id}",
+        "POST /v1beta/models/{target}",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -72,7 +80,73 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "no_token", "{route}");
     }
-    for route in served.iter().filter(|r| !r.contains(" /admin/")) {
+    // The dialects' routes, each with a request it answers 200 to.
+    let png = crate::helpers::data_uri(&crate::helpers::png(4, 4));
+    let contents = json!({"contents": [{"parts": [{"text": "doc"}]}]});
+    let dialects = [
+        (
+            "POST /v1/images/generations",
+            "/v1/images/generations",
+            json!({"prompt": "doc"}),
+        ),
+        (
+            "POST /v1/images/edits",
+            "/v1/images/edits",
+            json!({"prompt": "doc", "image": png}),
+        ),
+        (
+            "POST /openai/images/generations",
+            "/openai/images/generations",
+            json!({"prompt": "doc", "async": true}),
+        ),
+        (
+            "POST /openai/images/edits",
+            "/openai/images/edits",
+            json!({"prompt": "doc", "image": png, "async": true}),
+        ),
+        (
+            "POST /v1/models/{id}",
+            "/v1/models/gemini-2.5-flash-image:generateContent",
+            contents.clone(),
+        ),
+        (
+            "POST /v1beta/models/{target}",
+            "/v1beta/models/gemini-2.5-flash-image:generateContent",
+            contents,
+        ),
+    ];
+    for (route, path, body) in dialects {
+        assert!(served.contains(route), "{route}");
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .header("authorization", format!("Bearer {}", app.token))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{route}");
+    }
+    for route in ["GET /v1/models", "GET /v1/models/{id}"] {
+        let path = route
+            .split_once(' ')
+            .unwrap()
+            .1
+            .replace("{id}", "nano-banana");
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .header("authorization", format!("Bearer {}", app.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{route}");
+    }
+    let probed = |route: &str| route.contains(" /v1") || route.contains(" /openai/");
+    for route in served
+        .iter()
+        .filter(|r| !r.contains(" /admin/") && !probed(r))
+    {
         let (method, path) = route.split_once(' ').unwrap();
         let response = if method == "GET" {
             app.get(&path.replace("{key}", &key)).await
