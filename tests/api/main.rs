@@ -16,6 +16,7 @@ mod lifecycle;
 mod migrate;
 mod multinode;
 mod nodes;
+mod openai;
 mod openapi;
 mod procs;
 mod ratelimit_redis;
