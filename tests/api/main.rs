@@ -9,6 +9,7 @@ mod callbacks;
 mod connections;
 mod crash;
 mod gemini;
+mod generate_content;
 mod hostile;
 mod idempotency;
 mod images;
