@@ -110,7 +110,7 @@ fn data_uri(bytes: &[u8]) -> String {
 }
 
 /// The image type of `bytes` by their magic numbers; `application/octet-stream` when none fits
-/// (the fetch policy then refuses it as not an image, naming the input).
+/// (an upload is then refused as not an image, naming the part).
 fn sniff_mime(bytes: &[u8]) -> &'static str {
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         "image/png"

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{Context, Invalid, Translated, data_uri, megabytes, validated};
+use super::{Context, Invalid, Translated, data_uri, megabytes, sniff_mime, validated};
 use crate::{
     api::{ApiError, ErrorCode},
     domain::{AspectRatio, MAX_IMAGE_URLS, Model, OutputFormat, Resolution},
@@ -359,7 +359,16 @@ fn edit_images(
             return Err(too_many(uploads.len()));
         }
         for (i, bytes) in uploads.iter().enumerate() {
-            check_upload_size(&format!("image[{i}]"), bytes, context)?;
+            let param = format!("image[{i}]");
+            check_upload_size(&param, bytes, context)?;
+            // Named here: past this point it is a `data:` URI of `image_urls`, which the client
+            // never sent.
+            if sniff_mime(bytes) == "application/octet-stream" {
+                return Err(Invalid::new(
+                    &param,
+                    format!("{param} is not an image: upload a PNG, JPEG, GIF, WebP or HEIF file."),
+                ));
+            }
         }
         let first = uploads.first().and_then(|b| pixel_size(b));
         return Ok((uploads.iter().map(|b| data_uri(b)).collect(), first));

@@ -184,6 +184,13 @@ async fn answer<D: Dialect>(
         return Ok(stream(state, submitted, answering));
     }
     let result = state.tasks.wait(submitted).await;
+    if form == Form::Original && result.status != 200 {
+        // The contract's answer to a failed task is its final body, `task_id` included, as
+        // `/nano-banana/images` answers it: the client can find the task.
+        let status =
+            StatusCode::from_u16(result.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err((status, Json(result.body)).into_response());
+    }
     let made = made_images(&state.images, &result, answering.needs_bytes())
         .await
         .map_err(fail)?;

@@ -361,6 +361,89 @@ pub fn assert_trace_id(answer: &Answer) {
     }
 }
 
+/// The admin key of `spawn_admin_app`.
+pub const ADMIN_KEY: &str = "admin-test-key";
+
+/// The server with the admin API on (`ADMIN_KEY`), its config further adjusted by the test.
+pub async fn spawn_admin_app(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with(|c| {
+        c.admin_key = Some(ADMIN_KEY.into());
+        adjust(c);
+    })
+    .await
+}
+
+/// A new application holding `credits`, with `limits` (e.g. `{"rate_per_minute": 1, "burst":
+/// 1}`), and a token of it: `(application id, token)`. Needs the admin API.
+pub async fn application(app: &TestApp, credits: i64, limits: Value) -> (String, String) {
+    let mut body = limits;
+    body["name"] = json!("customer");
+    body["credits"] = json!(credits);
+    let created = app
+        .admin(reqwest::Method::POST, "/admin/apps", Some(body))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let token = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/apps/{id}/tokens"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    (id, token.body["token"].as_str().unwrap().to_owned())
+}
+
+/// An application's balance and the sum of its ledger, through the admin API.
+pub async fn balance(app: &TestApp, id: &str) -> (i64, i64) {
+    let shown = app
+        .admin(reqwest::Method::GET, &format!("/admin/apps/{id}"), None)
+        .await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    (
+        shown.body["credits"].as_i64().unwrap(),
+        shown.body["ledger_sum"].as_i64().unwrap(),
+    )
+}
+
+/// How many tasks an application has, in any state, through the admin API's usage report.
+pub async fn task_count(app: &TestApp, id: &str) -> i64 {
+    let usage = app.admin(reqwest::Method::GET, "/admin/usage", None).await;
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    usage.body["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["application_id"] == id)
+        .map(|row| row["tasks"].as_i64().unwrap())
+        .sum()
+}
+
+/// Retrieves a task with `token` (tasks are visible to their own application only) until it
+/// has finished, or the deadline passes.
+pub async fn wait_for_task_of(app: &TestApp, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = app
+            .post(
+                "/nano-banana/tasks",
+                Some(token),
+                json!({"id": id}).to_string(),
+            )
+            .await
+            .body;
+        if matches!(record["state"].as_str(), Some("succeeded" | "failed")) {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} did not finish: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A small real PNG of the given size.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {

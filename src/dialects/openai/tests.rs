@@ -249,6 +249,13 @@ fn uploads_are_checked_for_count_size_and_type() {
     .unwrap_err();
     assert!(error.message.contains("17 images"), "{}", error.message);
     let error = edit(Uploads {
+        images: vec![png(1, 1), Bytes::from_static(b"just some text")],
+        mask: None,
+    })
+    .unwrap_err();
+    assert_eq!(error.param.as_deref(), Some("image[1]"));
+    assert!(error.message.contains("not an image"), "{}", error.message);
+    let error = edit(Uploads {
         images: vec![png(1, 1)],
         mask: Some(Bytes::from_static(b"GIF89a......")),
     })
