@@ -111,6 +111,17 @@ async fn answer(
         )));
     }
     let body = submit::json_body(body)?;
+    if state.tasks.model_named(model_id).is_none() {
+        // Google's answer for a model it does not have.
+        return Err(ApiError::new(
+            ErrorCode::NoApi,
+            format!(
+                "models/{model_id} is not found here, or is not supported for generateContent: \
+                 use one of {}.",
+                state.tasks.model_names().join(", ")
+            ),
+        ));
+    }
     let model_names = state.tasks.model_names();
     let context = Context {
         limits: &state.limits,

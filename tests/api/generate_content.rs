@@ -342,11 +342,6 @@ async fn bad_input_is_refused_in_google_s_shape_and_makes_no_task() {
             with_config(json!({"imageConfig": {"aspectRatio": "5:4"}})),
         ),
         (
-            "an unknown model",
-            "/v1beta/models/imagen-9:generateContent",
-            prompt("x"),
-        ),
-        (
             "17 images",
             GENERATE,
             json!({"contents": [{"parts": std::iter::once(json!({"text": "x"}))
@@ -395,6 +390,22 @@ async fn bad_input_is_refused_in_google_s_shape_and_makes_no_task() {
     )
     .await;
     assert_google_error(&not_a_method, 404, "NOT_FOUND");
+    // As Google answers a model it does not have.
+    let unknown_model = send(
+        post(&app, "/v1beta/models/imagen-9:generateContent", &token)
+            .header("content-type", "application/json")
+            .body(prompt("x").to_string()),
+    )
+    .await;
+    assert_google_error(&unknown_model, 404, "NOT_FOUND");
+    assert!(
+        unknown_model.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("models/imagen-9 is not found"),
+        "{}",
+        unknown_model.body
+    );
 
     assert_eq!(balance(&app, &id).await, (10, 10));
     assert_eq!(task_count(&app, &id).await, 0);
