@@ -19,5 +19,6 @@ mod nodes;
 mod openapi;
 mod procs;
 mod ratelimit_redis;
+mod sdk;
 mod storage;
 mod tasks;
