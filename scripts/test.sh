@@ -10,6 +10,12 @@
 # and Redis (NANO_BANANA_TEST_REDIS_URL, default redis://127.0.0.1:6379) must be running; an S3
 # server (SeaweedFS from PyPI) is started here by scripts/dev-services.sh and stopped at the end
 # unless one was already running. Nothing is skipped: a missing service fails the run.
+#
+# The SDK tests (tests/api/sdk.rs) run the official Python SDKs: they need Python 3, and a venv
+# with tests/sdk/requirements.txt installed, made here once (in $NANO_BANANA_DEV_DIR/sdk-venv,
+# default ${TMPDIR:-/tmp}/nano-banana-dev/sdk-venv, beside the S3 server's state) and made again
+# when that file changes. Its python is exported to both passes as NANO_BANANA_TEST_PYTHON (a
+# NANO_BANANA_TEST_PYTHON already set is used as it is).
 # Extra arguments go to both cargo invocations (e.g. --locked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +53,41 @@ if $started_s3 && [[ -z ${NANO_BANANA_KEEP_SERVICES:-} ]]; then
     trap 'scripts/dev-services.sh stop || true' EXIT
 fi
 eval "$(scripts/dev-services.sh env)"
+
+# The official SDKs, pinned, in a venv of their own; installed again only when the pins change
+# (the venv keeps a copy of the requirements it was made from) or the venv no longer imports them.
+sdk_venv() {
+    local requirements=tests/sdk/requirements.txt
+    local venv=${NANO_BANANA_DEV_DIR:-${TMPDIR:-/tmp}/nano-banana-dev}/sdk-venv
+    mkdir -p "$(dirname "$venv")"
+    # One installer at a time when several checkouts share the state dir.
+    exec {lock}>"$venv.lock"
+    flock "$lock"
+    if ! cmp -s "$requirements" "$venv/requirements.txt" ||
+        ! "$venv/bin/python" -c 'import openai, google.genai' 2>/dev/null; then
+        say "installing the SDKs pinned in $requirements into $venv"
+        command -v python3 >/dev/null || {
+            say "ERROR: the SDK tests need Python 3 (python3), with venv and pip"
+            exit 1
+        }
+        python3 -m venv --clear "$venv" || {
+            say "ERROR: python3 -m venv failed (Debian: apt-get install python3-venv)"
+            exit 1
+        }
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" || {
+            say "ERROR: pip install -r $requirements failed"
+            exit 1
+        }
+        cp "$requirements" "$venv/requirements.txt"
+    fi
+    exec {lock}>&-
+    NANO_BANANA_TEST_PYTHON=$venv/bin/python
+}
+if [[ -z ${NANO_BANANA_TEST_PYTHON:-} ]]; then
+    sdk_venv
+fi
+export NANO_BANANA_TEST_PYTHON
+say "the SDK tests use $NANO_BANANA_TEST_PYTHON"
 
 say "pass 1: cargo test --workspace (SQLite + local folder; S3, Redis and multi-node tests)"
 cargo test --workspace "$@"

@@ -149,12 +149,13 @@ pub fn parse(
         None => None,
         Some(text) => parse_size(text)?,
     };
-    // `quality` is a preference: `high` asks for 2K where the model offers it.
+    // `quality` is a preference: `high` asks for 2K where the model offers it. DALL·E's
+    // `standard` and `hd` answer as `medium` and `high`: the SDKs type the answer's `quality` as
+    // low, medium, high, xhigh or max, and their strict validation refuses anything else.
     let (quality, prefers_2k) = match string(fields, "quality")? {
-        None | Some("auto") | Some("medium") => ("medium", false),
+        None | Some("auto") | Some("medium") | Some("standard") => ("medium", false),
         Some("low") => ("low", false),
-        Some("standard") => ("standard", false),
-        Some(q @ ("high" | "hd")) => (if q == "hd" { "hd" } else { "high" }, true),
+        Some("high" | "hd") => ("high", true),
         Some(other) => {
             return Err(Invalid::new(
                 "quality",

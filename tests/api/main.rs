@@ -21,5 +21,6 @@ mod openai;
 mod openapi;
 mod procs;
 mod ratelimit_redis;
+mod sdk;
 mod storage;
 mod tasks;

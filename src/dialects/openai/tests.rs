@@ -144,6 +144,28 @@ fn quality_high_asks_for_2k_where_the_model_offers_it_and_our_fields_win() {
 }
 
 #[test]
+fn the_answer_s_quality_is_one_the_sdk_s_types_allow() {
+    // openai's ImagesResponse.quality: low, medium, high, xhigh or max (strict validation
+    // refuses DALL·E's standard and hd).
+    for (asked, answered) in [
+        (None, "medium"),
+        (Some("auto"), "medium"),
+        (Some("low"), "low"),
+        (Some("medium"), "medium"),
+        (Some("standard"), "medium"),
+        (Some("high"), "high"),
+        (Some("hd"), "high"),
+    ] {
+        let mut body = json!({"prompt": "x"});
+        if let Some(asked) = asked {
+            body["quality"] = asked.into();
+        }
+        let parsed = parse_json(Operation::Generations, body).unwrap();
+        assert_eq!(parsed.answering.quality, answered, "quality {asked:?}");
+    }
+}
+
+#[test]
 fn every_bad_field_is_named() {
     let cases = [
         (json!({}), "prompt"),
