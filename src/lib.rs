@@ -10,7 +10,7 @@
 //! | `client` | the CLI's client commands (`generate`, `edit`, `task`, `admin`) | `api`, `accounts`, `storage`, `config`, `telemetry` |
 //! | `accounts` | applications, tokens, credits, authentication, the admin service | `api`, `domain`, `storage` |
 //! | `tasks` | the task lifecycle: admission, queue, workers, callbacks | `accounts` (the `Caller`), `domain`, `api`, `fetch`, `providers`, `storage`, `config` |
-//! | `providers` | upstream image models behind one trait (Gemini, the placeholder) | `domain` |
+//! | `providers` | upstream image models behind one trait (Gemini, Vertex, OpenAI, the original service, the placeholder) and the routing between them | `domain`, `api` |
 //! | `fetch` | the outbound-request policy (SSRF rules, size caps, `data:` URIs, image sniffing) | `domain`, `providers` (the input image type) |
 //! | `storage` | the database (SQLite or PostgreSQL) and the image store (folder or S3) | nothing |
 //! | `limits` | per-application rate limits (in process or Redis) | `api`, `telemetry` |

@@ -12,7 +12,7 @@ use axum::{
     routing::{get, post, put},
 };
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{AppState, HttpError, TraceId, auth::bearer, images::parse_json_body};
 use crate::{
@@ -32,6 +32,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/tokens", get(list_tokens))
         .route("/admin/tokens/{id}/revoke", post(revoke_token))
         .route("/admin/usage", get(usage))
+        .route("/admin/routes", get(routes_status))
         .route_layer(middleware::from_fn_with_state(state, require_admin_key))
 }
 
@@ -202,4 +203,16 @@ async fn usage(
     Extension(TraceId(trace_id)): Extension<TraceId>,
 ) -> Result<Json<Value>, HttpError> {
     run(&state, &trace_id, AdminRequest::Usage).await
+}
+
+/// `GET /admin/routes`: each model's routes and their state in this process (healthy or cooling
+/// down, until when, recent errors). Nodes keep their own view.
+async fn routes_status(State(state): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .tasks
+        .route_status()
+        .into_iter()
+        .map(|(model, routes)| json!({"model": model.name(), "routes": routes}))
+        .collect();
+    Json(json!({"models": models}))
 }

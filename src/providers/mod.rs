@@ -1,18 +1,26 @@
-//! Image providers: the one trait every upstream (Gemini, the offline placeholder, …) implements,
-//! the types that cross it, and the routing table that maps a public model name to a provider and
-//! an upstream model id. Providers never see HTTP requests, tokens or the database: they import
-//! `domain` and nothing above it.
+//! Image providers: the one trait every upstream (Gemini on AI Studio or Vertex AI, the original
+//! service, the offline placeholder, …) implements, the types that cross it, and the routing table
+//! that maps a public model name to its routes. Providers never see HTTP requests, our API tokens
+//! or the database: they import `domain` (and `api`, to read a contract upstream's error codes),
+//! nothing above them.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::domain::{AspectRatio, Model, Resolution};
+use crate::domain::{AspectRatio, Resolution};
 
+pub mod chat;
 pub mod direct;
 pub mod gemini;
 pub mod lanes;
+pub mod openai;
+pub mod origin;
 pub mod placeholder;
+pub mod routing;
+pub mod vertex;
+
+pub use routing::{ModelRoutes, Pick, Route, RouteStatus, Routes};
 
 /// An image given to the upstream as a reference (the `image_urls` of an edit), already fetched,
 /// size-checked and sniffed.
@@ -107,62 +115,6 @@ pub trait ImageProvider: Send + Sync {
     fn name(&self) -> &'static str;
     /// Makes one image. Retries are the caller's business: do one upstream call per invocation.
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError>;
-}
-
-/// Where one public model name goes.
-#[derive(Clone)]
-pub struct Route {
-    pub provider: Arc<dyn ImageProvider>,
-    pub upstream_model: String,
-    /// Whether the upstream takes `imageSize` (Gemini 2.5 Flash Image does not).
-    pub sends_image_size: bool,
-}
-
-impl std::fmt::Debug for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route")
-            .field("provider", &self.provider.name())
-            .field("upstream_model", &self.upstream_model)
-            .finish()
-    }
-}
-
-/// The model → route table, built once from configuration.
-#[derive(Debug, Clone, Default)]
-pub struct Routes {
-    routes: HashMap<Model, Route>,
-}
-
-impl Routes {
-    pub fn insert(&mut self, model: Model, route: Route) {
-        self.routes.insert(model, route);
-    }
-
-    pub fn get(&self, model: Model) -> Option<&Route> {
-        self.routes.get(&model)
-    }
-
-    /// The models this server offers, in the contract's order.
-    pub fn offered(&self) -> Vec<Model> {
-        Model::all()
-            .filter(|m| self.routes.contains_key(m))
-            .collect()
-    }
-
-    /// The public model an upstream model id is offered as: the first, in the contract's order
-    /// (so `nano-banana` before `nano-banana:official`), whose route names it.
-    pub fn by_upstream(&self, upstream_model: &str) -> Option<Model> {
-        self.offered()
-            .into_iter()
-            .find(|m| self.routes[m].upstream_model == upstream_model)
-    }
-
-    /// Whether any route ends at the offline placeholder (printed at start-up).
-    pub fn uses_placeholder(&self) -> bool {
-        self.routes
-            .values()
-            .any(|r| r.provider.name() == "placeholder")
-    }
 }
 
 /// Gemini 2.5 Flash Image has a single size and rejects `imageSize`; every later model takes it.

@@ -394,13 +394,19 @@ impl Tasks {
         let offered = self.routes.offered();
         let mut names: Vec<String> = offered.iter().map(|m| m.name().to_owned()).collect();
         for model in offered {
-            if let Some(route) = self.routes.get(model)
-                && !names.contains(&route.upstream_model)
-            {
-                names.push(route.upstream_model.clone());
+            if let Some(routes) = self.routes.get(model) {
+                let upstream = &routes.primary().upstream_model;
+                if !names.contains(upstream) {
+                    names.push(upstream.clone());
+                }
             }
         }
         names
+    }
+
+    /// Every offered model's routes and their state, as this process sees them.
+    pub fn route_status(&self) -> Vec<(Model, Vec<crate::providers::RouteStatus>)> {
+        self.routes.status()
     }
 
     /// Tasks per state and the callback backlog, for `/metrics`.

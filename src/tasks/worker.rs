@@ -19,7 +19,7 @@ use super::{
 use crate::{
     api::{self, ApiError, ErrorCode, ImageEntry},
     domain::{AspectRatio, ImagesRequest, RequestLimits, now_ms},
-    providers::{ImageJob, ImageProvider, InputImage, ProviderError},
+    providers::{ImageJob, InputImage, ModelRoutes, Pick, ProviderError},
     storage::{ImageStore, db::ClaimedTask, db::Completion},
 };
 
@@ -273,7 +273,7 @@ async fn make_images(
         tracing::error!(error = %e, "stored request no longer parses");
         ApiError::internal()
     })?;
-    let Some(route) = tasks.routes.get(request.model) else {
+    let Some(routes) = tasks.routes.get(request.model) else {
         return Err(ApiError::new(
             ErrorCode::ApiNotImplemented,
             format!(
@@ -307,24 +307,24 @@ async fn make_images(
             .unwrap_or(AspectRatio::R1x1)
     });
     let (width, height) = request.model.pixel_size(ratio, request.resolution);
+    // Each call fills in its route's upstream model and whether that upstream takes a size.
     let job = ImageJob {
         prompt: request.prompt.clone(),
         model: request.model.name().to_owned(),
-        upstream_model: route.upstream_model.clone(),
+        upstream_model: String::new(),
         inputs,
         // An edit without a ratio leaves it out: the upstream then follows the first image.
         aspect_ratio: request.aspect_ratio,
-        image_size: route.sends_image_size.then_some(request.resolution),
+        image_size: Some(request.resolution),
         width,
         height,
     };
 
     let calls = (0..request.count).map(|_| {
-        let provider = route.provider.clone();
         let job = &job;
         let finishing = &finishing;
         async move {
-            let image = generate_with_retry(tasks, provider.as_ref(), job, deadline_ms).await?;
+            let image = generate_with_failover(tasks, routes, job, deadline_ms).await?;
             let image = finish(finishing, image).await?;
             store_image(&tasks.store, &tasks.public_base_url, image).await
         }
@@ -358,6 +358,8 @@ async fn make_images(
 #[derive(Debug)]
 enum ImageFailure {
     Provider(ProviderError, u32),
+    /// Every route was cooling down until past the task's deadline; none was called.
+    Cooling,
     Output(OutputError),
     Store,
 }
@@ -424,48 +426,84 @@ async fn store_image(
     })
 }
 
-async fn generate_with_retry(
+/// One image through the model's routes: a route of the best priority that is not cooling down;
+/// after a retryable failure (which cools that route down) the next route at once, or, when
+/// every route has been tried or is cooling, the same ones again once the first cooldown ends —
+/// up to `--max-attempts` calls and never past the task's deadline. A call that may have
+/// reached its upstream (a timeout after sending) is final: it is never sent again, anywhere.
+async fn generate_with_failover(
     tasks: &Tasks,
-    provider: &dyn ImageProvider,
-    job: &ImageJob,
+    routes: &ModelRoutes,
+    template: &ImageJob,
     deadline_ms: i64,
 ) -> Result<crate::providers::GeneratedImage, ImageFailure> {
     let max_attempts = tasks.settings.max_attempts.max(1);
     let mut attempt = 0;
+    let mut tried = Vec::new();
+    let mut last_error = None;
     loop {
+        let (index, route) = match routes.pick(&tried, Instant::now()) {
+            Pick::Call(index, route) => (index, route),
+            Pick::Wait(until) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                // Waiting past the deadline would only turn this failure into a deadline one.
+                if now_ms() + wait.as_millis() as i64 >= deadline_ms {
+                    return Err(match last_error {
+                        Some(error) => ImageFailure::Provider(error, attempt),
+                        None => ImageFailure::Cooling,
+                    });
+                }
+                tokio::time::sleep(wait).await;
+                tried.clear();
+                continue;
+            }
+        };
         attempt += 1;
+        let job = ImageJob {
+            upstream_model: route.upstream_model.clone(),
+            image_size: template.image_size.filter(|_| route.sends_image_size),
+            ..template.clone()
+        };
+        let provider = route.provider.as_ref();
         let started = Instant::now();
-        let result = provider.generate(job).await;
+        let result = provider.generate(&job).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         metrics::counter!(
             "nano_banana_upstream_calls_total",
             "provider" => provider.name(),
             "outcome" => upstream_outcome(&result),
+            "route" => route.label(),
         )
         .increment(1);
-        metrics::histogram!("nano_banana_upstream_call_duration_seconds", "provider" => provider.name())
-            .record(elapsed_ms as f64 / 1000.0);
+        metrics::histogram!(
+            "nano_banana_upstream_call_duration_seconds",
+            "provider" => provider.name(),
+            "route" => route.label(),
+        )
+        .record(elapsed_ms as f64 / 1000.0);
         match result {
             Ok(image) => {
-                tracing::info!(
-                    provider = provider.name(),
-                    attempt,
-                    elapsed_ms,
-                    "upstream made an image"
-                );
+                route.succeeded();
+                tracing::info!(route = %route.label(), attempt, elapsed_ms, "upstream made an image");
                 return Ok(image);
             }
             Err(error) => {
-                tracing::warn!(provider = provider.name(), attempt, elapsed_ms, error = %error, "upstream call failed");
+                let cooldown = route.failed(&error, |failures| {
+                    backoff(tasks.settings.retry_base, failures, None)
+                });
+                tracing::warn!(
+                    route = %route.label(),
+                    attempt,
+                    elapsed_ms,
+                    cooldown_ms = cooldown.map(|c| c.as_millis() as u64),
+                    error = %error,
+                    "upstream call failed"
+                );
                 if !error.is_retryable() || attempt >= max_attempts {
                     return Err(ImageFailure::Provider(error, attempt));
                 }
-                let delay = backoff(tasks.settings.retry_base, attempt, error.retry_after());
-                // Waiting past the deadline would only turn this failure into a deadline one.
-                if now_ms() + delay.as_millis() as i64 >= deadline_ms {
-                    return Err(ImageFailure::Provider(error, attempt));
-                }
-                tokio::time::sleep(delay).await;
+                tried.push(index);
+                last_error = Some(error);
             }
         }
     }
@@ -527,6 +565,9 @@ fn summarise_failure(errors: &[ImageFailure]) -> ApiError {
         },
         Some(ImageFailure::Output(e)) => format!("The made image could not be finished: {e}."),
         Some(ImageFailure::Store) => "The image could not be stored.".to_owned(),
+        Some(ImageFailure::Cooling) => {
+            "Every upstream of this model is cooling down after errors; try again later.".to_owned()
+        }
         None => "No image was made.".to_owned(),
     };
     ApiError::new(ErrorCode::ApiError, message)

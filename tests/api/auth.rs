@@ -108,7 +108,7 @@ async fn metrics_cover_the_queue_upstream_and_callbacks() {
         "nano_banana_queue_depth",
         "nano_banana_callback_backlog",
         "nano_banana_task_duration_seconds_bucket",
-        "nano_banana_upstream_calls_total{provider=\"placeholder\",outcome=\"image\"}",
+        "nano_banana_upstream_calls_total{provider=\"placeholder\",outcome=\"image\",route=\"placeholder/gemini-2.5-flash-image\"}",
     ] {
         assert!(text.contains(metric), "{metric} in:\n{text}");
     }

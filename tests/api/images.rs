@@ -262,7 +262,7 @@ async fn a_model_the_operator_disabled_is_api_not_implemented() {
             "nano-banana-2.1".into(),
             nano_banana::config::RouteConfig {
                 provider: Some("disabled".into()),
-                upstream_model: None,
+                ..Default::default()
             },
         );
     })

@@ -44,6 +44,7 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
         "GET /admin/tokens",
         "POST /admin/tokens/{id}/revoke",
         "GET /admin/usage",
+        "GET /admin/routes",
         "POST /v1/images/generations",
         "POST /v1/images/edits",
         "POST /openai/images/generations",

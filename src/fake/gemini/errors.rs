@@ -86,6 +86,22 @@ pub(super) fn invalid_api_key() -> Response {
     )
 }
 
+/// Vertex AI's answer to a missing, expired or revoked access token.
+pub(super) fn unauthenticated() -> Response {
+    google_error(
+        401,
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login \
+         cookie or other valid authentication credential. See \
+         https://developers.google.com/identity/sign-in/web/devconsole-project.",
+        Some(json!([{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "ACCESS_TOKEN_EXPIRED",
+            "domain": "googleapis.com",
+            "metadata": {"service": "aiplatform.googleapis.com"},
+        }])),
+    )
+}
+
 pub(super) fn rate_limited(model: &str, retry_delay: &str) -> Response {
     google_error(
         429,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::errors::{
     JSON_TYPE, google_error, html_error_502, invalid_api_key, json_response, rate_limited,
-    shutting_down, status_message,
+    shutting_down, status_message, unauthenticated,
 };
 use super::images::{THOUGHT_RGB, encode_png};
 use super::models::ModelFamily;
@@ -148,7 +148,13 @@ pub(super) async fn handle(
     let Some(route) = route.filter(|_| method == Method::POST) else {
         return google_error(404, "Requested entity was not found.", None);
     };
-    if let Some(expected) = &shared.options.api_key {
+    if route.vertex {
+        if let Some(tokens) = &shared.options.vertex_tokens
+            && !bearer(&headers).is_some_and(|token| tokens.accepts(token))
+        {
+            return unauthenticated();
+        }
+    } else if let Some(expected) = &shared.options.api_key {
         let presented = header_str(&headers, "x-goog-api-key")
             .map(str::to_owned)
             .or_else(|| query_key(&uri));
@@ -239,6 +245,7 @@ impl Shared {
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
             api_key: header_str(headers, "x-goog-api-key").map(str::to_owned),
+            bearer: bearer(headers).map(str::to_owned),
             content_type: header_str(headers, header::CONTENT_TYPE.as_str()).map(str::to_owned),
             model: model.map(str::to_owned),
             body: body_json,
@@ -449,18 +456,43 @@ impl Shared {
 struct Route<'a> {
     version: &'a str,
     model: &'a str,
+    /// A Vertex AI path (`/v1/projects/…/publishers/google/models/…`), authenticated by a bearer
+    /// token.
+    vertex: bool,
 }
 
+/// AI Studio's `/{v1|v1beta}/models/{model}:generateContent`, or Vertex AI's
+/// `/{v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent`.
 fn parse_route(path: &str) -> Option<Route<'_>> {
-    let mut segments = path.strip_prefix('/')?.split('/');
-    let version = segments.next()?;
-    let models = segments.next()?;
-    let target = segments.next()?;
-    if segments.next().is_some() || models != "models" || !matches!(version, "v1" | "v1beta") {
-        return None;
-    }
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let (version, target, vertex) = match segments[..] {
+        [version @ ("v1" | "v1beta"), "models", target] => (version, target, false),
+        [
+            version @ ("v1" | "v1beta1"),
+            "projects",
+            project,
+            "locations",
+            location,
+            "publishers",
+            "google",
+            "models",
+            target,
+        ] if !project.is_empty() && !location.is_empty() => (version, target, true),
+        _ => return None,
+    };
     let (model, action) = target.split_once(':')?;
-    (action == "generateContent" && !model.is_empty()).then_some(Route { version, model })
+    (action == "generateContent" && !model.is_empty()).then_some(Route {
+        version,
+        model,
+        vertex,
+    })
+}
+
+/// The token of an `authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = header_str(headers, header::AUTHORIZATION.as_str())?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

@@ -3,11 +3,14 @@
 //! upstream), for the integration tests and the benchmark tool, over HTTP/1.1 or cleartext HTTP/2
 //! (prior knowledge; Google's own endpoint negotiates HTTP/2 on TLS).
 //!
-//! What lives here: routing (`POST /{v1|v1beta}/models/{model}:generateContent`), API-key checks
-//! (header or `?key=`), the per-model parameter checks Google does (aspect ratios, `imageSize`,
-//! input count), scripted outcomes ([`Scenario`]: a FIFO queue first, then `[fake:…]` tags in the
-//! prompt), configurable latency, and real PNGs with the documented pixel sizes. What does not:
-//! streaming (`:streamGenerateContent` is a 404 here), Vertex paths, multi-turn chat.
+//! What lives here: routing (`POST /{v1|v1beta}/models/{model}:generateContent`, and Vertex AI's
+//! `POST /{v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/models/
+//! {model}:generateContent`), API-key checks (header or `?key=`; on Vertex paths a bearer token
+//! issued by the fake token endpoint, `fake::oauth`), the per-model parameter checks Google does
+//! (aspect ratios, `imageSize`, input count), scripted outcomes ([`Scenario`]: a FIFO queue
+//! first, then `[fake:…]` tags in the prompt), configurable latency, and real PNGs with the
+//! documented pixel sizes. What does not: streaming (`:streamGenerateContent` is a 404 here),
+//! Vertex AI's express mode (API keys on Vertex paths), multi-turn chat.
 //!
 //! Built to be hammered: per request it parses the JSON (without copying the base64 of inputs),
 //! looks up a cached PNG and splices its cached base64 into a small serialized envelope. Recorded
@@ -44,6 +47,7 @@ mod handler;
 mod images;
 mod models;
 
+use super::oauth::IssuedTokens;
 use handler::handle;
 use images::{EncodedImage, ImageCache};
 
@@ -65,6 +69,10 @@ pub enum FakeGeminiError {
 pub struct FakeGeminiOptions {
     /// `None`: accept any key (or none at all).
     pub api_key: Option<String>,
+    /// On Vertex AI paths, accept only `authorization: Bearer <token>` with a token of these
+    /// (issued by a [`crate::fake::oauth::FakeTokenEndpoint`]); others get a 401
+    /// UNAUTHENTICATED. `None`: accept any token (or none at all).
+    pub vertex_tokens: Option<IssuedTokens>,
     /// Added before every answer in which "the model ran" (images, refusals, no-image, garbage);
     /// HTTP errors (429, 5xx, `Status`) come back at once, as they do from Google.
     pub latency: Latency,
@@ -82,6 +90,7 @@ impl Default for FakeGeminiOptions {
     fn default() -> Self {
         FakeGeminiOptions {
             api_key: None,
+            vertex_tokens: None,
             latency: Latency::None,
             image_bytes: 0,
             record_bodies: true,
@@ -267,11 +276,14 @@ fn scenario_from_prompt(prompt: &str) -> (Scenario, Duration) {
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
     pub method: String,
-    /// As received, e.g. `/v1beta/models/gemini-3-pro-image:generateContent`.
+    /// As received, e.g. `/v1beta/models/gemini-3-pro-image:generateContent`, or on Vertex AI
+    /// `/v1/projects/p/locations/global/publishers/google/models/gemini-3-pro-image:generateContent`.
     pub path: String,
     pub query: Option<String>,
     /// The `x-goog-api-key` header.
     pub api_key: Option<String>,
+    /// The token of an `authorization: Bearer …` header.
+    pub bearer: Option<String>,
     pub content_type: Option<String>,
     /// The model id from the path, when the path is a generateContent path.
     pub model: Option<String>,

@@ -242,3 +242,54 @@ async fn shutdown_releases_hanging_requests() {
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), 503);
 }
+
+#[tokio::test]
+async fn vertex_paths_take_only_the_token_endpoints_tokens() {
+    let issued = crate::fake::oauth::IssuedTokens::default();
+    let fake = FakeGemini::start(FakeGeminiOptions {
+        api_key: Some("studio-key".into()),
+        vertex_tokens: Some(issued.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let path = "/v1/projects/p/locations/global/publishers/google/models/\
+                gemini-3-pro-image:generateContent";
+    let body = json!({"contents": [{"parts": [{"text": "hi"}]}]});
+    let call = |token: Option<&'static str>| {
+        let request = reqwest::Client::new()
+            .post(format!("{}{path}", fake.base_url()))
+            .json(&body);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call(None).await, 401);
+    assert_eq!(call(Some("made-up")).await, 401);
+    let (status, answer) = post(&fake, path, body.clone()).await;
+    assert_eq!(status, 401);
+    assert_eq!(answer["error"]["status"], "UNAUTHENTICATED");
+    // What the token endpoint would have issued passes, without an API key.
+    issued.issue("ya29.ok", Duration::from_secs(60));
+    assert_eq!(call(Some("ya29.ok")).await, 200);
+    let recorded = fake.requests().pop().unwrap();
+    assert_eq!(recorded.bearer.as_deref(), Some("ya29.ok"));
+    assert_eq!(recorded.model.as_deref(), Some("gemini-3-pro-image"));
+    // v1beta1 too; no other shape.
+    let (status, _) = post(
+        &fake,
+        "/v1beta1/projects/p/locations/us-central1/publishers/google/models/x:generateContent",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "routed (and refused for its token), not a 404");
+    let (status, _) = post(
+        &fake,
+        "/v1/projects/p/locations/global/publishers/openai/models/x:generateContent",
+        body,
+    )
+    .await;
+    assert_eq!(status, 404);
+}

@@ -6,6 +6,11 @@
 //! and reading the answer into a [`GeneratedImage`] or a [`ProviderError`] the caller can act on;
 //! the JSON is in `wire`, the classification of failures in `errors`. What does not: retries and
 //! backoff (the caller's; we only report `retry_after`), model-name mapping, fetching inputs.
+//!
+//! [`GeminiProvider`] is generic over its access — how a call authenticates and which URL it
+//! goes to: [`AiStudio`] (the API-key pool, `{base}/{version}/models/…`) by default, or Vertex
+//! AI's service-account token (`providers::vertex`). The HTTP side (TLS, lanes, direct HTTP/2
+//! connections, reading and classifying the answer) is the same for both.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 use url::Url;
 
 use super::direct::{self, ConnectError, SendError};
@@ -101,7 +108,7 @@ pub enum GeminiError {
 ///
 /// What reqwest builds by default: the platform's verifier and roots, TLS 1.2 and 1.3, and
 /// ALPN offering HTTP/2 (what Google's endpoints choose) before HTTP/1.1.
-fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
+pub(in crate::providers) fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
     use rustls_platform_verifier::BuilderVerifierExt as _;
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
@@ -115,7 +122,7 @@ fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
 }
 
 #[derive(Debug)]
-pub struct GeminiProvider {
+pub struct GeminiProvider<A = AiStudio> {
     /// The HTTP clients, as many as the calls in flight need (see `lanes`).
     lanes: Lanes<reqwest::Client>,
     /// HTTP/2 calls on connections of our own (see `direct`), when the upstream speaks HTTP/2:
@@ -124,14 +131,32 @@ pub struct GeminiProvider {
     direct: Option<Direct>,
     /// The whole call, sending the inputs through reading the image.
     timeout: Duration,
+    max_response_bytes: usize,
+    /// How a call authenticates and where it goes.
+    pub(in crate::providers) access: A,
+}
+
+/// AI Studio's access: `{base}/{version}/models/{model}:generateContent` with an API key from
+/// the pool in `x-goog-api-key`.
+#[derive(Debug)]
+pub struct AiStudio {
     /// `{base}/{version}/models`, to which `{model}:generateContent` is appended.
     models_url: Url,
     /// The key pool: `api_key` may list several keys, comma-separated.
     keys: Vec<KeySlot>,
     /// Round-robin start, so load spreads over the healthy keys.
     next_key: AtomicUsize,
-    max_response_bytes: usize,
 }
+
+/// The header a call authenticates with: AI Studio's `x-goog-api-key`, Vertex AI's
+/// `authorization`. The value is marked sensitive.
+#[derive(Clone, Copy)]
+pub(in crate::providers) struct Auth<'a> {
+    pub name: &'a HeaderName,
+    pub value: &'a HeaderValue,
+}
+
+static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 /// One upstream API key and its health.
 #[derive(Debug)]
@@ -202,48 +227,18 @@ impl GeminiProvider {
         if keys.is_empty() {
             return Err(GeminiError::ApiKey);
         }
-
-        let (timeout, connect_timeout) = (config.timeout, config.connect_timeout);
-        let h2c = config.connections.h2c && models_url.scheme() == "http";
-        let per_lane = config.connections.streams_per_connection;
-        let direct = if (h2c || models_url.scheme() == "https")
-            && !proxy_configured(models_url.scheme())
-        {
-            let target = direct::Target::new(&models_url, Arc::new(tls.clone()), connect_timeout)
-                .map_err(|_| GeminiError::BaseUrl(config.base_url.to_string()))?;
-            let lanes = Lanes::new(per_lane, || {
-                Ok::<_, std::convert::Infallible>(direct::Connection::default())
-            })
-            .unwrap_or_else(|never| match never {});
-            Some(Direct {
-                target,
-                lanes,
-                not_h2: AtomicBool::new(false),
-            })
-        } else {
-            None
-        };
-        let lanes = Lanes::new(per_lane, move || {
-            let builder = reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(connect_timeout)
-                .tls_backend_preconfigured(tls.clone());
-            if h2c {
-                builder.http2_prior_knowledge().build()
-            } else {
-                builder.build()
-            }
-        })
-        .map_err(GeminiError::Client)?;
-        Ok(GeminiProvider {
-            lanes,
-            direct,
-            timeout,
+        let access = AiStudio {
             models_url,
             keys,
             next_key: AtomicUsize::new(0),
-            max_response_bytes: MAX_RESPONSE_BYTES,
-        })
+        };
+        GeminiProvider::with_access(
+            &config.base_url,
+            (config.timeout, config.connect_timeout),
+            config.connections,
+            tls,
+            access,
+        )
     }
 
     fn endpoint(&self, upstream_model: &str) -> Url {
@@ -251,7 +246,7 @@ impl GeminiProvider {
         let model = upstream_model
             .strip_prefix("models/")
             .unwrap_or(upstream_model);
-        let mut url = self.models_url.clone();
+        let mut url = self.access.models_url.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.push(&format!("{model}:generateContent"));
         }
@@ -264,14 +259,17 @@ impl GeminiProvider {
     /// notably a timeout after the request was sent, which may have been billed — is returned
     /// without trying another key.
     async fn generate_with_pool(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
-        let count = self.keys.len();
-        let start = self.next_key.fetch_add(1, Ordering::Relaxed) % count;
+        let body = request_body(job)?;
+        let url = self.endpoint(&job.upstream_model);
+        let AiStudio { keys, next_key, .. } = &self.access;
+        let count = keys.len();
+        let start = next_key.fetch_add(1, Ordering::Relaxed) % count;
         let mut last_error = None;
         // The shortest wait until some key can be used again.
         let mut soonest: Option<Duration> = None;
         let mut note = |rest: Duration| soonest = Some(soonest.map_or(rest, |s| s.min(rest)));
         for offset in 0..count {
-            let slot = &self.keys[(start + offset) % count];
+            let slot = &keys[(start + offset) % count];
             if slot.invalid.load(Ordering::Relaxed) {
                 continue;
             }
@@ -288,7 +286,11 @@ impl GeminiProvider {
                     continue;
                 }
             }
-            match self.call(job, &slot.header).await {
+            let auth = Auth {
+                name: &API_KEY_HEADER,
+                value: &slot.header,
+            };
+            match self.call(url.clone(), auth, &body).await {
                 Err(ProviderError::Upstream {
                     status,
                     message,
@@ -343,20 +345,71 @@ impl GeminiProvider {
             }),
         }
     }
+}
 
-    async fn call(
+impl<A> GeminiProvider<A> {
+    /// The HTTP side, for calls to `base_url`'s scheme, host and port (which decide whether
+    /// calls go on direct HTTP/2 connections), with `timeouts` (the whole call, the connect).
+    pub(in crate::providers) fn with_access(
+        base_url: &Url,
+        (timeout, connect_timeout): (Duration, Duration),
+        connections: ConnectionSettings,
+        tls: rustls::ClientConfig,
+        access: A,
+    ) -> Result<GeminiProvider<A>, GeminiError> {
+        if !matches!(base_url.scheme(), "http" | "https") {
+            return Err(GeminiError::BaseUrl(base_url.to_string()));
+        }
+        let h2c = connections.h2c && base_url.scheme() == "http";
+        let per_lane = connections.streams_per_connection;
+        let direct =
+            if (h2c || base_url.scheme() == "https") && !proxy_configured(base_url.scheme()) {
+                let target = direct::Target::new(base_url, Arc::new(tls.clone()), connect_timeout)
+                    .map_err(|_| GeminiError::BaseUrl(base_url.to_string()))?;
+                let lanes = Lanes::new(per_lane, || {
+                    Ok::<_, std::convert::Infallible>(direct::Connection::default())
+                })
+                .unwrap_or_else(|never| match never {});
+                Some(Direct {
+                    target,
+                    lanes,
+                    not_h2: AtomicBool::new(false),
+                })
+            } else {
+                None
+            };
+        let lanes = Lanes::new(per_lane, move || {
+            let builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(connect_timeout)
+                .tls_backend_preconfigured(tls.clone());
+            if h2c {
+                builder.http2_prior_knowledge().build()
+            } else {
+                builder.build()
+            }
+        })
+        .map_err(GeminiError::Client)?;
+        Ok(GeminiProvider {
+            lanes,
+            direct,
+            timeout,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+            access,
+        })
+    }
+
+    /// One HTTP call: `body` (see [`request_body`]) to `url`, authenticated with `auth`.
+    pub(in crate::providers) async fn call(
         &self,
-        job: &ImageJob,
-        api_key: &HeaderValue,
+        url: Url,
+        auth: Auth<'_>,
+        body: &Bytes,
     ) -> Result<GeneratedImage, ProviderError> {
-        let body = serde_json::to_vec(&GenerateContentRequest::for_job(job))
-            .map_err(|err| ProviderError::InvalidResponse(format!("request encoding: {err}")))?;
-        let body = Bytes::from(body);
-        let url = self.endpoint(&job.upstream_model);
         if let Some(direct) = &self.direct
             && !direct.not_h2.load(Ordering::Relaxed)
         {
-            match self.call_direct(direct, &url, api_key, &body).await {
+            match self.call_direct(direct, &url, auth, body).await {
                 Some(outcome) => return outcome,
                 None => {
                     if !direct.not_h2.swap(true, Ordering::Relaxed) {
@@ -374,10 +427,10 @@ impl GeminiProvider {
         let mut response = lane
             .client()
             .post(url)
-            .header("x-goog-api-key", api_key.clone())
+            .header(auth.name, auth.value.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, USER_AGENT_VALUE)
-            .body(body)
+            .body(body.clone())
             .send()
             .await
             .map_err(transport_error)?;
@@ -397,7 +450,7 @@ impl GeminiProvider {
         &self,
         direct: &Direct,
         url: &Url,
-        api_key: &HeaderValue,
+        auth: Auth<'_>,
         body: &Bytes,
     ) -> Option<Result<GeneratedImage, ProviderError>> {
         let uri = match url.as_str().parse::<http::Uri>() {
@@ -414,7 +467,7 @@ impl GeminiProvider {
             *request.method_mut() = http::Method::POST;
             *request.uri_mut() = uri.clone();
             let headers = request.headers_mut();
-            headers.insert("x-goog-api-key", api_key.clone());
+            headers.insert(auth.name, auth.value.clone());
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
             request
@@ -496,6 +549,13 @@ impl GeminiProvider {
     }
 }
 
+/// The JSON body of a job's call, encoded once for however many calls it takes.
+pub(in crate::providers) fn request_body(job: &ImageJob) -> Result<Bytes, ProviderError> {
+    serde_json::to_vec(&GenerateContentRequest::for_job(job))
+        .map(Bytes::from)
+        .map_err(|err| ProviderError::InvalidResponse(format!("request encoding: {err}")))
+}
+
 /// See [`GeminiProvider::direct`].
 struct Direct {
     target: direct::Target,
@@ -513,7 +573,8 @@ impl fmt::Debug for Direct {
     }
 }
 
-const USER_AGENT_VALUE: &str = concat!("nano-banana/", env!("CARGO_PKG_VERSION"));
+pub(in crate::providers) const USER_AGENT_VALUE: &str =
+    concat!("nano-banana/", env!("CARGO_PKG_VERSION"));
 
 /// Whether reqwest would send calls to a `scheme` URL through a proxy named in the environment;
 /// such calls stay with reqwest. (`NO_PROXY` is not consulted: with a proxy named at all, the

@@ -5,22 +5,18 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
+
+mod upstreams;
 
 use crate::{
     accounts::{Accounts, AdminKey},
-    config::{Config, UpstreamConfig},
-    domain::{Model, RequestLimits},
+    config::Config,
+    domain::RequestLimits,
     fetch::Fetcher,
     http::{self, AppState, Services},
     limits::{RateLimiter, RedisLimiter},
-    providers::{
-        ImageProvider, Route, Routes,
-        gemini::{GeminiConfig, GeminiProvider},
-        placeholder::PlaceholderProvider,
-        upstream_takes_image_size,
-    },
     storage::{Db, ImageStore},
     tasks::{TaskSettings, Tasks},
     telemetry::redact_url,
@@ -59,7 +55,7 @@ impl Application {
         // request that needs it then fails with a clear error rather than the whole server.
         let store = ImageStore::open(&config.storage, config.image_urls.clone())
             .context("opening the image store")?;
-        let routes = build_routes(&config)?;
+        let routes = upstreams::build_routes(&config)?;
         // Install the metrics recorder before anything records.
         crate::telemetry::metrics();
         let fetcher = Fetcher::new(config.fetch.clone()).context("building the HTTP client")?;
@@ -207,60 +203,4 @@ async fn build_rate_limiter(config: &Config) -> anyhow::Result<RateLimiter> {
         ),
     }
     Ok(limiter)
-}
-
-fn build_routes(config: &Config) -> anyhow::Result<Routes> {
-    let timeout = config.upstream_timeout;
-    let gemini = |upstream: &UpstreamConfig| -> anyhow::Result<Arc<dyn ImageProvider>> {
-        let base_url = url::Url::parse(&upstream.base_url)
-            .with_context(|| format!("the Gemini base URL {:?} is not a URL", upstream.base_url))?;
-        let provider = GeminiProvider::new(GeminiConfig {
-            base_url,
-            api_version: upstream.api_version.clone(),
-            api_key: upstream.api_key.clone(),
-            timeout,
-            connect_timeout: Duration::from_secs(10),
-            connections: config.upstream_connections,
-        })
-        .map_err(|e| anyhow::anyhow!("building the Gemini client: {e}"))?;
-        Ok(Arc::new(provider))
-    };
-    let default_upstream = config.gemini.as_ref().map(&gemini).transpose()?;
-    let official_upstream = config.official.as_ref().map(&gemini).transpose()?;
-    let placeholder: Arc<dyn ImageProvider> = Arc::new(PlaceholderProvider::new());
-
-    let mut routes = Routes::default();
-    for model in Model::all() {
-        let configured = config.models.get(model.name());
-        let upstream_model = configured
-            .and_then(|c| c.upstream_model.clone())
-            .unwrap_or_else(|| model.default_upstream_model().to_owned());
-        let upstream = if model.is_official() {
-            &official_upstream
-        } else {
-            &default_upstream
-        };
-        let provider = match configured.and_then(|c| c.provider.as_deref()) {
-            // Not routed at all: requests for it answer `api_not_implemented`.
-            Some("disabled") => continue,
-            Some("placeholder") => placeholder.clone(),
-            Some(_) => match upstream {
-                Some(p) => p.clone(),
-                None => bail!(
-                    "[models.{:?}] asks for gemini, but no Gemini API key is configured",
-                    model.name()
-                ),
-            },
-            None => upstream.clone().unwrap_or_else(|| placeholder.clone()),
-        };
-        routes.insert(
-            model,
-            Route {
-                provider,
-                sends_image_size: upstream_takes_image_size(&upstream_model),
-                upstream_model,
-            },
-        );
-    }
-    Ok(routes)
 }

@@ -14,6 +14,10 @@ use std::{
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+mod upstreams;
+
+pub use upstreams::{BUILT_IN_PROVIDERS, PROVIDER_KINDS, ProviderConfig, RouteConfig, RouteEntry};
+
 use crate::{
     domain::Prices,
     fetch::{AllowRule, FetchPolicy},
@@ -265,19 +269,13 @@ pub struct ServeArgs {
     #[arg(skip)]
     pub prices: BTreeMap<String, BTreeMap<String, i64>>,
 
-    /// Per-model routes (TOML only): `[models."nano-banana"] provider = "gemini"|"placeholder"|"disabled", upstream_model = "…"`
+    /// Per-model routes (TOML only): `[models."nano-banana"] provider = "gemini"|"placeholder"|"disabled"|NAME, upstream_model = "…"`, or `routes = [...]`
     #[arg(skip)]
     pub models: BTreeMap<String, RouteConfig>,
-}
 
-/// One `[models."NAME"]` table of the TOML file.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// `gemini`, `placeholder`, or `disabled` (requests for the model answer
-    /// `api_not_implemented`).
-    pub provider: Option<String>,
-    pub upstream_model: Option<String>,
+    /// Named upstreams (TOML only): `[providers.NAME] kind = "…"`, named by `[models.*]` routes
+    #[arg(skip)]
+    pub providers: BTreeMap<String, ProviderConfig>,
 }
 
 /// Everything the server needs, resolved and defaulted. `Debug` leaves secrets out.
@@ -313,6 +311,7 @@ pub struct Config {
     /// previous answer) before it is closed.
     pub request_head_timeout: Duration,
     pub models: BTreeMap<String, RouteConfig>,
+    pub providers: BTreeMap<String, ProviderConfig>,
     pub prices: Prices,
     pub bootstrap_credits: i64,
     pub admin_key: Option<String>,
@@ -361,6 +360,7 @@ impl std::fmt::Debug for Config {
             .field("upstream_connections", &self.upstream_connections)
             .field("fetch", &self.fetch)
             .field("models", &self.models)
+            .field("providers", &self.providers)
             .field("bootstrap_token", &redacted(self.bootstrap_token.is_some()))
             .field("admin_key", &redacted(self.admin_key.is_some()))
             .field("redis", &self.redis)
@@ -402,6 +402,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             request_head_timeout: Duration::from_secs(30),
             models: BTreeMap::new(),
+            providers: BTreeMap::new(),
             prices: Prices::default(),
             bootstrap_credits: 1_000_000,
             admin_key: None,
@@ -612,19 +613,11 @@ impl Config {
 
         let mut models = file.models;
         models.extend(flags.models);
-        for (name, route) in &models {
-            if crate::domain::Model::parse(name).is_none() {
-                bail!("[models.{name:?}] in the config file: unknown model name");
-            }
-            if let Some(p) = &route.provider
-                && !matches!(p.as_str(), "gemini" | "placeholder" | "disabled")
-            {
-                bail!(
-                    "[models.{name:?}] provider must be \"gemini\", \"placeholder\" or \"disabled\""
-                );
-            }
-        }
+        let mut providers = file.providers;
+        providers.extend(flags.providers);
+        upstreams::check(&providers, &models)?;
         config.models = models;
+        config.providers = providers;
         Ok(config)
     }
 }
@@ -885,13 +878,7 @@ mod tests {
         let unknown: Result<ServeArgs, _> = toml::from_str("no_such_key = 1");
         assert!(unknown.is_err());
         let mut models = BTreeMap::new();
-        models.insert(
-            "dall-e".to_owned(),
-            RouteConfig {
-                provider: None,
-                upstream_model: None,
-            },
-        );
+        models.insert("dall-e".to_owned(), RouteConfig::default());
         assert!(
             bad(ServeArgs {
                 models,
