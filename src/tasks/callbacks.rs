@@ -145,7 +145,11 @@ async fn deliver(tasks: &Tasks, callback: CallbackRow) {
         latency_ms,
         error: error.as_deref(),
     };
-    if let Err(e) = tasks.db.record_callback_attempt(&record, outcome).await {
+    let recorded = super::until_written("a callback attempt", || {
+        tasks.db.record_callback_attempt(&record, outcome)
+    })
+    .await;
+    if let Err(e) = recorded {
         // The lease expires and the attempt is made again: a duplicate, never a loss.
         tracing::error!(error = %e, "could not record a callback attempt");
     }

