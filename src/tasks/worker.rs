@@ -433,10 +433,35 @@ async fn store_image(
     image: crate::providers::GeneratedImage,
 ) -> Result<String, ImageFailure> {
     let key = ImageStore::new_key(&image.mime_type);
-    store.put(&key, image.bytes).await.map_err(|e| {
-        tracing::error!(error = %e, "could not store a generated image");
-        ImageFailure::Store
-    })?;
+    // A store that is down (S3 unreachable or answering 5xx, a full disk) keeps the image here
+    // and tries again, from 200 ms to every 5 s, until it is stored or the task's deadline ends
+    // the task (`run_task`). No URL is handed out before its object exists.
+    let mut delay = Duration::from_millis(200);
+    let mut failures = 0u32;
+    loop {
+        match store.put(&key, image.bytes.clone()).await {
+            Ok(()) => break,
+            Err(e) if e.is_retryable() => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "could not store a made image; keeping it and trying again");
+                }
+                failures += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store a generated image");
+                return Err(ImageFailure::Store);
+            }
+        }
+    }
+    if failures > 0 {
+        tracing::info!(
+            failures,
+            "stored a made image once the store answered again"
+        );
+    }
+
     store.image_url(public_base_url, &key).await.map_err(|e| {
         tracing::error!(error = %e, "could not form an image URL");
         ImageFailure::Store

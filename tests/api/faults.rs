@@ -384,3 +384,57 @@ async fn pg_outage() {
     assert_eq!(counts.rerun, 0, "results were kept, not made again");
     assert_eq!(counts.settled, counts.credits_reserved);
 }
+
+/// The S3 store answers 503 for 15 s, then refuses connections for 15 s, while tasks run and
+/// new ones arrive. Made images are kept and stored when it is back; no image URL ever names
+/// an object that does not exist; `/readyz` names the store meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outage() {
+    let s3 = test_s3();
+    let proxy = FaultProxy::start(address_of(&s3.endpoint, 80))
+        .await
+        .expect("the proxy starts");
+    let mut settings = s3.fresh_settings();
+    settings.endpoint = Some(format!("http://{}", proxy.address()));
+    let fake = slow_fake().await;
+    let receiver = callback_receiver(0, false).await;
+    let upstream = fake.base_url();
+    let app = spawn_admin_app(move |c| {
+        c.storage = StorageConfig::S3(settings);
+        use_gemini(c, &upstream, "k");
+        c.workers = 8;
+    })
+    .await;
+    let (app_id, token) = application(&app, CREDITS, json!({})).await;
+    let client = reqwest::Client::new();
+    let base = app.address.clone();
+    let mut submitted = Submitted::default();
+    submit(&client, &base, &token, 20, &receiver.url(), &mut submitted).await;
+    receiver.wait_for(2).await;
+
+    proxy.answer_with(HTTP_503);
+    let outage = Instant::now();
+    wait_readiness(&client, &base, 503, "storage").await;
+    // Work is still accepted: the database is fine, and the images wait for the store.
+    submit(&client, &base, &token, 6, &receiver.url(), &mut submitted).await;
+    tokio::time::sleep_until((outage + Duration::from_secs(15)).into()).await;
+    proxy.cut();
+    wait_readiness(&client, &base, 503, "storage").await;
+    tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
+    proxy.restore();
+
+    wait_readiness(&client, &base, 200, "").await;
+    let counts = settle(
+        &client,
+        &base,
+        &token,
+        &app_id,
+        &submitted,
+        &receiver,
+        fake.request_count(),
+    )
+    .await;
+    counts.print("s3_outage");
+    assert_eq!(counts.rerun, 0, "results were kept, not made again");
+    assert_eq!(counts.settled, counts.credits_reserved);
+}
