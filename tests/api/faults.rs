@@ -385,6 +385,157 @@ async fn pg_outage() {
     assert_eq!(counts.settled, counts.credits_reserved);
 }
 
+/// A small file system of the test's own (tmpfs; the suite runs as root, in CI too), which
+/// the test fills up and frees again. Unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+    ballast: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "this test needs a small file system to fill: `mount -t tmpfs` failed ({status:?}); \
+             run the suite as root (as CI does), or in a container allowed to mount"
+        );
+        let ballast = dir.path().join("ballast");
+        SmallDisk { dir, ballast }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&self.ballast).expect("ballast file");
+        for chunk in [1 << 20, 4096, 1] {
+            let bytes = vec![0xa5u8; chunk];
+            while file.write_all(&bytes).is_ok() {}
+        }
+        let _ = file.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(&self.ballast).expect("the ballast goes");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The disk under SQLite (and the image folder) fills up while tasks run. New work gets a clear
+/// `api_error`; reads still answer; running tasks keep their images and results and write them
+/// once space returns; the database is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_disk_full() {
+    let disk = SmallDisk::mount(24);
+    let dir = disk.path().to_owned();
+    let fake = slow_fake().await;
+    let receiver = callback_receiver(0, false).await;
+    let upstream = fake.base_url();
+    let database = format!("sqlite://{}", dir.join("nano-banana.db").display());
+    let url = database.clone();
+    let app = spawn_admin_app(move |c| {
+        c.database_url = url;
+        c.storage = StorageConfig::Local(dir.join("images"));
+        use_gemini(c, &upstream, "k");
+        c.workers = 8;
+    })
+    .await;
+    let (app_id, token) = application(&app, CREDITS, json!({})).await;
+    let client = reqwest::Client::new();
+    let base = app.address.clone();
+    let mut submitted = Submitted::default();
+    submit(&client, &base, &token, 24, &receiver.url(), &mut submitted).await;
+    receiver.wait_for(2).await;
+
+    disk.fill();
+    let during = app
+        .post(
+            "/nano-banana/images",
+            Some(&token),
+            json!({"prompt": "no room", "async": true}).to_string(),
+        )
+        .await;
+    assert_error(&during, 500, "api_error");
+    let message = during.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("database is unavailable"),
+        "{}",
+        during.body
+    );
+    // Reads do not need room.
+    let read = app
+        .post(
+            "/nano-banana/tasks",
+            Some(&token),
+            json!({"id": submitted.ids[0]}).to_string(),
+        )
+        .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    disk.free();
+
+    // Back by itself: new work is accepted again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let again = post(
+            &client,
+            &format!("{base}/nano-banana/images"),
+            &token,
+            &json!({"prompt": "room again", "async": true}),
+        )
+        .await
+        .expect("answered");
+        if again.0 == 200 {
+            submitted
+                .ids
+                .push(again.1["task_id"].as_str().expect("a task id").to_owned());
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {}", again.1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counts = settle(
+        &client,
+        &base,
+        &token,
+        &app_id,
+        &submitted,
+        &receiver,
+        fake.request_count(),
+    )
+    .await;
+    counts.print("sqlite_disk_full");
+    assert_eq!(counts.rerun, 0, "results were kept, not made again");
+    assert_eq!(counts.settled, counts.credits_reserved);
+    drop(app);
+    // Not corrupt.
+    use sqlx::Connection;
+    let mut connection = sqlx::SqliteConnection::connect(&database)
+        .await
+        .expect("the database opens");
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut connection)
+        .await
+        .expect("integrity_check runs");
+    assert_eq!(check, "ok");
+}
+
 /// The S3 store answers 503 for 15 s, then refuses connections for 15 s, while tasks run and
 /// new ones arrive. Made images are kept and stored when it is back; no image URL ever names
 /// an object that does not exist; `/readyz` names the store meanwhile.
