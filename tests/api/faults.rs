@@ -589,3 +589,173 @@ async fn s3_outage() {
     assert_eq!(counts.rerun, 0, "results were kept, not made again");
     assert_eq!(counts.settled, counts.credits_reserved);
 }
+
+/// Deletes every key under `prefix` in the test Redis: a Redis that restarted empty, as far as
+/// this test can tell (other tests share the Redis).
+async fn forget_keys(prefix: &str) {
+    let client = redis::Client::open(test_redis_url()).expect("a Redis URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut connection)
+            .await
+            .expect("DEL");
+    }
+}
+
+/// Redis goes away for 10 s, then comes back empty. A node failing closed answers `api_error`
+/// at once meanwhile; a node failing open admits unchecked; both name Redis in `/readyz`.
+/// Afterwards both limit again by themselves, from full buckets (a restart forgets them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage() {
+    let redis = test_redis();
+    let proxy = FaultProxy::start(address_of(&redis.url, 6379))
+        .await
+        .expect("the proxy starts");
+    let mut closed = redis.clone();
+    closed.url = through(&redis.url, &proxy);
+    closed.timeout = Duration::from_millis(500);
+    let mut open = closed.clone();
+    open.failure_mode = nano_banana::limits::FailureMode::Open;
+    let receiver = callback_receiver(0, false).await;
+    let strict = spawn_admin_app(move |c| c.redis = Some(closed)).await;
+    let lenient = spawn_admin_app(move |c| c.redis = Some(open)).await;
+    let limits = json!({"rate_per_minute": 6, "burst": 3});
+    let (strict_id, strict_token) = application(&strict, CREDITS, limits.clone()).await;
+    let (lenient_id, lenient_token) = application(&lenient, CREDITS, limits).await;
+    let client = reqwest::Client::new();
+    let mut submitted = [Submitted::default(), Submitted::default()];
+    let nodes = [
+        (&strict, strict_token.as_str()),
+        (&lenient, lenient_token.as_str()),
+    ];
+
+    // The burst, then a refusal, on both. Returns the statuses.
+    let burst = |base: String, token: String, into: usize| {
+        let client = client.clone();
+        let url = receiver.url();
+        async move {
+            let mut statuses = Vec::new();
+            let mut ids = Vec::new();
+            for i in 0..4 {
+                let body = json!({"prompt": format!("limited {i}"), "callback_url": url});
+                let (status, answer) = post(
+                    &client,
+                    &format!("{base}/nano-banana/images"),
+                    &token,
+                    &body,
+                )
+                .await
+                .expect("answered");
+                if status == 200 {
+                    ids.push(answer["task_id"].as_str().expect("a task id").to_owned());
+                }
+                statuses.push(status);
+            }
+            (statuses, ids, into)
+        }
+    };
+    for (i, (node, token)) in nodes.iter().enumerate() {
+        let (statuses, ids, _) = burst(node.address.clone(), token.to_string(), i).await;
+        assert_eq!(statuses, [200, 200, 200, 429]);
+        submitted[i].with_callback.extend(ids.iter().cloned());
+        submitted[i].ids.extend(ids);
+    }
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    for (node, _) in &nodes {
+        wait_readiness(&client, &node.address, 503, "redis").await;
+    }
+    // Failing closed: a clear api_error, within the Redis timeout.
+    let started = Instant::now();
+    let refused = strict
+        .post(
+            "/nano-banana/images",
+            Some(&strict_token),
+            json!({"prompt": "closed", "async": true}).to_string(),
+        )
+        .await;
+    assert_error(&refused, 500, "api_error");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rate limiter is unavailable")),
+        "{}",
+        refused.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Failing open: admitted, unchecked (no rate-limit headers), past the limit.
+    for i in 0..4 {
+        let admitted = lenient
+            .post(
+                "/nano-banana/images",
+                Some(&lenient_token),
+                json!({"prompt": format!("open {i}"), "async": true}).to_string(),
+            )
+            .await;
+        assert_eq!(admitted.status, 200, "{}", admitted.body);
+        assert!(admitted.headers.get("x-ratelimit-limit").is_none());
+        let id = admitted.body["task_id"].as_str().expect("a task id");
+        submitted[1].ids.push(id.to_owned());
+    }
+    tokio::time::sleep_until((cut_at + Duration::from_secs(10)).into()).await;
+    proxy.restore();
+    for (node, _) in &nodes {
+        wait_readiness(&client, &node.address, 200, "").await;
+    }
+    forget_keys(&redis.prefix).await;
+
+    // Limits resume by themselves, from full buckets.
+    for (i, (node, token)) in nodes.iter().enumerate() {
+        let (statuses, ids, _) = burst(node.address.clone(), token.to_string(), i).await;
+        assert_eq!(statuses, [200, 200, 200, 429], "node {i}");
+        submitted[i].with_callback.extend(ids.iter().cloned());
+        submitted[i].ids.extend(ids);
+    }
+    let mut counts = Counts::default();
+    for (i, (node, token)) in nodes.iter().enumerate() {
+        let app_id = if i == 0 { &strict_id } else { &lenient_id };
+        let records = all_ended(&client, &node.address, token, &submitted[i].ids).await;
+        assert!(records.values().all(|r| r["state"] == "succeeded"));
+        let reserved = submitted[i].ids.len() as i64;
+        counts.accepted += submitted[i].ids.len();
+        counts.finished += records.len();
+        counts.callbacks_owed += submitted[i].with_callback.len();
+        counts.credits_reserved += reserved;
+        counts.settled += check_credits(&client, &node.address, app_id, reserved).await;
+    }
+    let all_owed: HashSet<String> = submitted
+        .iter()
+        .flat_map(|s| s.with_callback.iter().cloned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter_map(|(_, b)| b["task_id"].as_str().map(str::to_owned))
+            .collect();
+        if all_owed.is_subset(&delivered) {
+            counts.delivered = delivered.len();
+            break;
+        }
+        assert!(Instant::now() < deadline, "callbacks missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counts.print("redis_outage");
+    assert_eq!(counts.settled, counts.credits_reserved);
+}
