@@ -759,3 +759,95 @@ async fn redis_outage() {
     counts.print("redis_outage");
     assert_eq!(counts.settled, counts.credits_reserved);
 }
+
+/// Callback receivers that accept and never answer, or answer a byte a second: the other
+/// callbacks arrive without waiting for them, and the stalled ones are cut off at the callback
+/// timeout and retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_callback_receivers() {
+    let silent = StallingReceiver::start(Stall::Silent)
+        .await
+        .expect("receiver");
+    let trickle = StallingReceiver::start(Stall::Trickle(Duration::from_secs(1)))
+        .await
+        .expect("receiver");
+    let receiver = callback_receiver(0, false).await;
+    let timeout = Duration::from_secs(2);
+    let app = spawn_admin_app(move |c| c.callback_timeout = timeout).await;
+    let (app_id, token) = application(&app, CREDITS, json!({})).await;
+    let client = reqwest::Client::new();
+    let base = app.address.clone();
+    let mut stalled = Vec::new();
+    let mut submitted = Submitted::default();
+    // The stalled ones first, so they are claimed first.
+    for stall in [&silent, &trickle] {
+        let mut ids = Submitted::default();
+        submit(&client, &base, &token, 8, &stall.url(), &mut ids).await;
+        stalled.extend(ids.with_callback.iter().cloned());
+        submitted.ids.extend(ids.ids);
+    }
+    submit(&client, &base, &token, 40, &receiver.url(), &mut submitted).await;
+    let owed = submitted.with_callback.len();
+    receiver.wait_for(owed).await;
+    // Each callback came within the timeout of its task's end (tasks themselves may queue on a
+    // busy machine; the delivery is what must not wait for the stalled receivers).
+    let records = all_ended(&client, &base, &token, &submitted.ids).await;
+    let (now, wall_now) = (Instant::now(), std::time::SystemTime::now());
+    let mut slowest = Duration::ZERO;
+    for (task_id, arrived) in receiver.deliveries().first {
+        let arrived = wall_now - now.duration_since(arrived);
+        let arrived = arrived
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        let finished = records[&task_id]["finished_at"]
+            .as_f64()
+            .expect("finished_at");
+        slowest = slowest.max(Duration::from_secs_f64((arrived - finished).max(0.0)));
+    }
+    assert!(
+        slowest < timeout,
+        "a callback waited for the stalled receivers: {slowest:?}"
+    );
+    // Cut off at the timeout and tried again: two attempts each at least.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let each = stalled.len() / 2;
+    while silent.requests() < 2 * each || trickle.requests() < 2 * each {
+        assert!(
+            Instant::now() < deadline,
+            "stalled receivers not retried: {} and {}",
+            silent.requests(),
+            trickle.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &stalled {
+        let status = app.db.callback_status(id).await.expect("callback status");
+        let (attempts, state) = status.expect("a callback row");
+        assert!(
+            attempts >= 1 && state == "pending",
+            "{id}: {attempts} {state}"
+        );
+    }
+    let records = all_ended(&client, &base, &token, &submitted.ids).await;
+    assert_callbacks_match(&receiver, &submitted.with_callback, &{ records.clone() }).await;
+    let reserved = submitted.ids.len() as i64;
+    let counts = Counts {
+        accepted: submitted.ids.len(),
+        finished: records.len(),
+        rerun: 0,
+        callbacks_owed: owed,
+        delivered: receiver.delivered(),
+        credits_reserved: reserved,
+        settled: check_credits(&client, &base, &app_id, reserved).await,
+    };
+    counts.print("stalled_callback_receivers");
+    say(&format!(
+        "faults: stalled_callback_receivers stalled_callbacks={} silent_attempts={} \
+         trickle_attempts={} slowest_other={slowest:?}",
+        stalled.len(),
+        silent.requests(),
+        trickle.requests()
+    ));
+    assert_eq!(counts.settled, counts.credits_reserved);
+}
