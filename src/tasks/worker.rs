@@ -23,6 +23,9 @@ use crate::{
     storage::{ImageStore, db::ClaimedTask, db::Completion},
 };
 
+/// The longest a stopping process waits for the database to take its unfinished tasks back.
+pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Claims and runs tasks until `shutdown`, with the tasks claimed at admission (handed over by
 /// `Tasks::submit`); then waits up to `grace` for running tasks and puts the unfinished ones back
 /// in the queue.
@@ -121,12 +124,23 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
     })
     .await;
     if drained.is_err() {
+        tracing::warn!(
+            unfinished = running.len(),
+            "the grace period is over: unfinished tasks go back to the queue"
+        );
         running.abort_all();
         while running.join_next().await.is_some() {}
         // Whatever was still running goes back to the queue for the next start (or another
         // process); nothing was recorded for it, so nothing is half-written.
-        if let Err(e) = tasks.release_my_tasks().await {
-            tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire");
+        // Bounded: a database that does not answer must not hold the shutdown past its grace.
+        match tokio::time::timeout(RELEASE_TIMEOUT, tasks.release_my_tasks()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire")
+            }
+            Err(_) => tracing::error!(
+                "the database did not take back the unfinished tasks in time; their leases will expire"
+            ),
         }
     }
 }
@@ -461,7 +475,6 @@ async fn store_image(
             "stored a made image once the store answered again"
         );
     }
-
     store.image_url(public_base_url, &key).await.map_err(|e| {
         tracing::error!(error = %e, "could not form an image URL");
         ImageFailure::Store

@@ -851,3 +851,143 @@ async fn stalled_callback_receivers() {
     ));
     assert_eq!(counts.settled, counts.credits_reserved);
 }
+
+/// SIGTERM with 200 tasks in flight on one of two nodes (PostgreSQL, S3, Redis): the node stops
+/// within `--shutdown-grace`; every sync request it held gets an answer (its result, or an error
+/// naming its task); its unfinished tasks are finished by the other node; no task has two
+/// results, and every callback arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_one_of_two_nodes() {
+    const GRACE: u64 = 4;
+    // Some tasks outlast the grace: they are put back and finished by the other node.
+    let fake = FakeGemini::start(FakeGeminiOptions {
+        latency: Latency::Uniform(Duration::from_millis(200), Duration::from_millis(5000)),
+        ..FakeGeminiOptions::default()
+    })
+    .await
+    .expect("the fake upstream starts");
+    let receiver = callback_receiver(0, false).await;
+    let stack = scaled_stack_env().await;
+    let mut env = vec![
+        ("NANO_BANANA_ADMIN_KEY".to_owned(), ADMIN_KEY.to_owned()),
+        ("NANO_BANANA_WORKERS".to_owned(), "16".to_owned()),
+        ("NANO_BANANA_SHUTDOWN_GRACE".to_owned(), GRACE.to_string()),
+    ];
+    env.extend(stack);
+    let dirs = [
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    ];
+    // One at a time: the first creates the bootstrap token, the second finds it.
+    let mut stopping = start_server(dirs[0].path(), free_port(), &fake.base_url(), &env).await;
+    let survivor = start_server(dirs[1].path(), free_port(), &fake.base_url(), &env).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/admin/apps", survivor.base_url))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "sigterm", "credits": CREDITS}))
+        .send()
+        .await
+        .expect("admin API answers")
+        .json::<Value>()
+        .await
+        .expect("JSON");
+    let app_id = created["id"].as_str().expect("an id").to_owned();
+    let token = client
+        .post(format!("{}/admin/apps/{app_id}/tokens", survivor.base_url))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("admin API answers")
+        .json::<Value>()
+        .await
+        .expect("JSON")["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+
+    // 200 tasks on the node about to stop: 100 sync, then 100 async (half with callbacks).
+    let base = stopping.base_url.clone();
+    let mut submitted = Submitted::default();
+    let mut sync = Vec::new();
+    for i in 0..100 {
+        let (request_client, url, request_token) = (
+            client.clone(),
+            format!("{base}/nano-banana/images"),
+            token.clone(),
+        );
+        sync.push(tokio::spawn(async move {
+            let body = json!({"prompt": format!("sync {i}"), "model": "nano-banana"});
+            post(&request_client, &url, &request_token, &body).await
+        }));
+        submit(&client, &base, &token, 1, &receiver.url(), &mut submitted).await;
+    }
+    // Mid-flight: some done, most queued or running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.request_count() < 48 {
+        assert!(Instant::now() < deadline, "the tasks did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls_at_signal = fake.request_count();
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(stopping.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM sent");
+    let signalled = Instant::now();
+    let exit = loop {
+        if let Some(status) = stopping.child.try_wait().expect("waitable") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(GRACE + 5),
+            "the node did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stopped_in = signalled.elapsed();
+    assert!(exit.success(), "a clean exit: {exit}");
+    assert!(
+        stopped_in <= Duration::from_millis(GRACE * 1000 + 1000),
+        "stopped within the grace ({GRACE} s): {stopped_in:?}"
+    );
+    assert!(
+        calls_at_signal < 200,
+        "signalled too late to prove anything"
+    );
+
+    // Every sync request was answered: its result, or an error naming its task.
+    let (mut answered_ok, mut answered_error) = (0, 0);
+    for request in sync {
+        let (status, body) = request
+            .await
+            .expect("joined")
+            .expect("an answer, not a reset");
+        let id = body["task_id"].as_str().expect("a task id").to_owned();
+        match status {
+            200 => answered_ok += 1,
+            500 => {
+                assert_eq!(body["error"]["code"], "api_error", "{body}");
+                answered_error += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        submitted.ids.push(id);
+    }
+    let counts = settle(
+        &client,
+        &survivor.base_url,
+        &token,
+        &app_id,
+        &submitted,
+        &receiver,
+        fake.request_count(),
+    )
+    .await;
+    counts.print("sigterm_one_of_two_nodes");
+    say(&format!(
+        "faults: sigterm_one_of_two_nodes stopped_in={stopped_in:?} sync_answered_ok={answered_ok} \
+         sync_answered_error={answered_error}"
+    ));
+    assert_eq!(counts.accepted, 200);
+    assert_eq!(counts.settled, counts.credits_reserved);
+}
