@@ -236,7 +236,7 @@ async fn settle(
     app_id: &str,
     submitted: &Submitted,
     receiver: &nano_banana_testkit::CallbackReceiver,
-    upstream_calls: usize,
+    upstream: &FakeGemini,
 ) -> Counts {
     let records = all_ended(client, base, token, &submitted.ids).await;
     for record in records.values() {
@@ -266,7 +266,8 @@ async fn settle(
     Counts {
         accepted: submitted.ids.len(),
         finished: records.len(),
-        rerun: upstream_calls.saturating_sub(submitted.ids.len()),
+        // Read once every task has ended: a lost result shows as a run made again.
+        rerun: upstream.request_count().saturating_sub(submitted.ids.len()),
         callbacks_owed: submitted.with_callback.len(),
         delivered: delivered.len(),
         credits_reserved: reserved,
@@ -293,10 +294,11 @@ async fn wait_readiness(client: &reqwest::Client, base: &str, status: u16, depen
     panic!("/readyz did not answer {status} naming {dependency}: {last}");
 }
 
-/// PostgreSQL goes away for 10 s while tasks run (the proxy cuts every connection and refuses
-/// new ones), then comes back. Requests meanwhile get `api_error` saying so, within the pool's
-/// 10 s bound; `/readyz` names the database; workers keep their results and write them when it
-/// is back; sync requests in flight are answered then. Nothing runs twice.
+/// PostgreSQL goes away for 15 s while tasks run (the proxy cuts every connection and refuses
+/// new ones), then comes back: longer than the pool's 10 s wait for a connection, so writes fail
+/// rather than only wait. Requests meanwhile get `api_error` saying so, within that bound;
+/// `/readyz` names the database; workers keep their results and write them when it is back;
+/// sync requests in flight are answered then. Nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_outage() {
     let database = fresh_postgres_schema().await;
@@ -357,7 +359,7 @@ async fn pg_outage() {
         "answered within the pool's bound: {:?}",
         started.elapsed()
     );
-    tokio::time::sleep_until((cut_at + Duration::from_secs(10)).into()).await;
+    tokio::time::sleep_until((cut_at + Duration::from_secs(15)).into()).await;
     proxy.restore();
 
     // Back by itself.
@@ -371,13 +373,7 @@ async fn pg_outage() {
             .push(body["task_id"].as_str().expect("a task id").to_owned());
     }
     let counts = settle(
-        &client,
-        &base,
-        &token,
-        &app_id,
-        &submitted,
-        &receiver,
-        fake.request_count(),
+        &client, &base, &token, &app_id, &submitted, &receiver, &fake,
     )
     .await;
     counts.print("pg_outage");
@@ -511,13 +507,7 @@ async fn sqlite_disk_full() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let counts = settle(
-        &client,
-        &base,
-        &token,
-        &app_id,
-        &submitted,
-        &receiver,
-        fake.request_count(),
+        &client, &base, &token, &app_id, &submitted, &receiver, &fake,
     )
     .await;
     counts.print("sqlite_disk_full");
@@ -576,13 +566,7 @@ async fn s3_outage() {
 
     wait_readiness(&client, &base, 200, "").await;
     let counts = settle(
-        &client,
-        &base,
-        &token,
-        &app_id,
-        &submitted,
-        &receiver,
-        fake.request_count(),
+        &client, &base, &token, &app_id, &submitted, &receiver, &fake,
     )
     .await;
     counts.print("s3_outage");
@@ -980,7 +964,7 @@ async fn sigterm_one_of_two_nodes() {
         &app_id,
         &submitted,
         &receiver,
-        fake.request_count(),
+        &fake,
     )
     .await;
     counts.print("sigterm_one_of_two_nodes");
