@@ -144,15 +144,19 @@ impl Application {
     }
 
     /// Serves until `signal` completes; then stops accepting, lets running tasks finish within
-    /// the grace period, and returns.
+    /// the grace period, and returns. The whole stop fits in `--shutdown-grace`: running tasks
+    /// get the grace less a reserve (a quarter of it, at most a second), in which unfinished
+    /// tasks go back to the queue, the sync requests still waiting are answered (their tasks
+    /// continue elsewhere) and the connections close.
     pub async fn run_until_stopped(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
+        let reserve = (self.shutdown_grace / 4).min(Duration::from_secs(1));
         let background = self
             .tasks
-            .spawn_background(stopped.clone(), self.shutdown_grace);
+            .spawn_background(stopped.clone(), self.shutdown_grace - reserve);
         // Connections share the router (a reference count each): no route table per connection.
         let server = crate::http::server::serve(
             self.listener,
@@ -166,15 +170,20 @@ impl Application {
             "shutting down: no new requests; running tasks get {:?}",
             self.shutdown_grace
         );
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         let _ = stop.send(true);
         let _ = background.await;
-        // Open sync requests whose tasks were put back cannot be answered by this process;
-        // do not let them hold the shutdown.
-        match tokio::time::timeout(Duration::from_secs(5), server).await {
+        // Every waiting request has been answered by now; what is left is writing the answers
+        // and closing the connections. A client that stops reading must not hold the shutdown.
+        let closing = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(200));
+        match tokio::time::timeout(closing, server).await {
             Ok(Ok(())) | Err(_) => {}
             Ok(Err(e)) => return Err(e).context("the HTTP server task failed"),
         }
-        self.db.close().await;
+        // Bounded too: a connection still checked out (an aborted request) is not waited for.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.db.close()).await;
         Ok(())
     }
 }

@@ -227,7 +227,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
     pub request_head_timeout: Option<u64>,
 
-    /// Grace period for running tasks on SIGTERM/SIGINT, in seconds [default: 30]
+    /// The longest a stop (SIGTERM/SIGINT) takes: running tasks may finish within it, the rest go back to the queue, in seconds [default: 30]
     #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
 

@@ -40,6 +40,28 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed: the store was unreachable or answered a server
+    /// error (after `object_store`'s own retries), or the disk is full; not a bad key, refused
+    /// credentials, a missing bucket or a folder we may not write.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Backend(e) => matches!(e, object_store::Error::Generic { .. }),
+            StoreError::Write(e) => {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) || e.raw_os_error() == Some(libc::EIO)
+            }
+            StoreError::Unavailable(_) => true,
+            StoreError::NotFound | StoreError::InvalidKey | StoreError::Setup(_) => false,
+        }
+    }
+}
+
 /// Where images live: the value of `--storage`, parsed. A folder path (or `file:///abs/path`),
 /// or `s3://BUCKET[/PREFIX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ mod billing;
 mod callbacks;
 mod connections;
 mod crash;
+mod faults;
 mod gemini;
 mod generate_content;
 mod hostile;

@@ -57,6 +57,47 @@ pub enum DbError {
     CopyMismatch(String),
 }
 
+impl DbError {
+    /// Whether the database could not be reached or could not write for a reason of its own that
+    /// passes (PostgreSQL down or failing over, a connection cut, the pool exhausted, a full
+    /// disk under SQLite, a serialization conflict), as opposed to a query it will never accept.
+    /// Work whose result is kept in memory waits and tries again on these (`tasks::worker`);
+    /// a client gets `api_error` saying the database is unavailable.
+    pub fn is_unavailable(&self) -> bool {
+        let DbError::Sql(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(e) => {
+                let code = e.code().unwrap_or_default();
+                match e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                    // SQLite's primary result code is the low byte of the extended one:
+                    // BUSY 5, LOCKED 6, NOMEM 7, IOERR 10, FULL 13, CANTOPEN 14.
+                    Some(_) => code
+                        .parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14)),
+                    // PostgreSQL's SQLSTATE: connection exceptions (08), insufficient resources
+                    // such as a full disk (53), operator intervention: shutting down, starting
+                    // up (57P), serialization failures and deadlocks (40001, 40P01).
+                    None => {
+                        code.starts_with("08")
+                            || code.starts_with("53")
+                            || code.starts_with("57P")
+                            || code == "40001"
+                            || code == "40P01"
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: Pool,
