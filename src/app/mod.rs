@@ -17,7 +17,7 @@ use crate::{
     fetch::Fetcher,
     http::{self, AppState, Services},
     limits::{RateLimiter, RedisLimiter},
-    storage::{Db, ImageStore},
+    storage::{Db, ImageStore, db::DbOptions},
     tasks::{TaskSettings, Tasks},
     telemetry::redact_url,
 };
@@ -48,9 +48,15 @@ impl Application {
     ) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
-        let db = Db::connect(&config.database_url).await.with_context(|| {
-            format!("opening the database {}", redact_url(&config.database_url))
-        })?;
+        let db_options = DbOptions {
+            pool_size: config.database_pool_size,
+            ..DbOptions::default()
+        };
+        let db = Db::connect_with(&config.database_url, db_options)
+            .await
+            .with_context(|| {
+                format!("opening the database {}", redact_url(&config.database_url))
+            })?;
         // Not contacted here: a store that is down at start is reported by readiness, and a
         // request that needs it then fails with a clear error rather than the whole server.
         let store = ImageStore::open(&config.storage, config.image_urls.clone())

@@ -474,7 +474,11 @@ impl Tasks {
         id: &str,
     ) -> Result<Option<TaskRecord>, TaskError> {
         match self.db.get_task(id, application_id).await? {
-            Some(row) => Ok(Some(task_record(&row)?)),
+            Some(row) => {
+                let mut record = task_record(&row)?;
+                self.refresh_image_urls(&mut record).await;
+                Ok(Some(record))
+            }
             None => Ok(None),
         }
     }
@@ -484,12 +488,39 @@ impl Tasks {
         application_id: &str,
         ids: &[String],
     ) -> Result<Vec<TaskRecord>, TaskError> {
-        self.db
-            .get_tasks(ids, application_id)
-            .await?
-            .iter()
-            .map(task_record)
-            .collect()
+        let rows = self.db.get_tasks(ids, application_id).await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut record = task_record(row)?;
+            self.refresh_image_urls(&mut record).await;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Presigned image URLs (`--s3-signed-urls`) in a record's response that have expired, or
+    /// are about to, signed afresh: the stored response keeps the URLs it was answered with, and
+    /// whoever retrieves it later gets ones that work.
+    async fn refresh_image_urls(&self, record: &mut TaskRecord) {
+        let Some(images) = record
+            .response
+            .as_mut()
+            .and_then(|response| response.get_mut("data"))
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for image in images {
+            let Some(url) = image.get("image_url").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            if let Some(fresh) = self.store.resigned(url, now).await {
+                image["image_url"] = serde_json::Value::String(fresh);
+            }
+        }
     }
 
     fn check_image_source(&self, index: usize, source: &str) -> Result<(), ApiError> {

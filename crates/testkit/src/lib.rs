@@ -2,7 +2,8 @@
 //! (`src/bin/nano-banana-bench`) both need to drive the server from outside: one callback
 //! receiver ([`receiver`]) and one child-process launcher ([`process`]); and for the fault tests
 //! alone, dependencies that fail on demand ([`faults`]). Each used to have its
-//! own copy of both; they now share these, with the behaviour each had.
+//! own copy of both; they now share these, with the behaviour each had. The tests also note
+//! what they leave in the shared services ([`leftovers`]) for the end of the run to remove.
 //!
 //! What this crate does not own: anything of the server itself (it does not depend on the
 //! `nano-banana` crate, and the server's library never imports it), the commands that start
@@ -13,6 +14,7 @@
 //! [`receiver::CallbackReceiver::wait_for`]); what the benchmark calls returns errors instead.
 
 pub mod faults;
+pub mod leftovers;
 pub mod process;
 pub mod receiver;
 
