@@ -464,6 +464,15 @@ pub fn data_uri(bytes: &[u8]) -> String {
     )
 }
 
+/// How a task's record names a `data:` input with these bytes (docs/contract.md).
+pub fn stored_input(bytes: &[u8]) -> String {
+    format!(
+        "{}{}",
+        nano_banana::tasks::inputs::STORED_INPUT,
+        nano_banana::domain::sha256_hex(bytes)
+    )
+}
+
 /// Downloads an image URL and decodes it.
 pub async fn download_image(app: &TestApp, url: &str) -> (String, image::DynamicImage) {
     let response = app.get(url).await;

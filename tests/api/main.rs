@@ -13,6 +13,7 @@ mod generate_content;
 mod hostile;
 mod idempotency;
 mod images;
+mod inputs;
 mod lifecycle;
 mod migrate;
 mod multinode;

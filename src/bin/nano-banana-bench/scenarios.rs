@@ -271,11 +271,30 @@ impl Bench {
         let server = self
             .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s5")
             .await?;
+        let database = ServerDatabase::open(work, "s5").await?;
+        let before = database.measure().await?;
         let through = Endpoint::images(&server, edit_body(&inputs), concurrency);
         let s = self
             .phase("S5", "server", concurrency, &server, Some(&fake), &through)
             .await?;
+        let after = database.measure().await?;
+        database.close().await;
         self.ratio("S5", "throughput vs direct (no target)", &s, &d, 0.0);
+        let tasks = after.tasks - before.tasks;
+        if tasks > 0 {
+            let per_task = (after.bytes - before.bytes) as f64 / tasks as f64;
+            self.report.verdict(
+                "S5",
+                &format!("database growth per edit ({})", database.kind),
+                format!(
+                    "{per_task:.0} bytes ({tasks} edits: {} → {} KB)",
+                    before.bytes / 1024,
+                    after.bytes / 1024
+                ),
+                "< 2 KB",
+                Some(per_task < 2048.0),
+            );
+        }
         self.report.rows.extend([d, s]);
         Ok(())
     }
@@ -369,10 +388,12 @@ impl Bench {
             };
             drive(warmup, endpoint.caller()).await;
         }
-        let stop = if self.scale.quick {
-            Stop::Requests(self.scale.quick_requests)
-        } else {
-            Stop::After(self.scale.duration)
+        let stop = match self.scale.s5_requests {
+            // `--s5-requests`: a fixed number of edits through the server, e.g. the 1,000 of
+            // the database growth measurement (BENCHMARKS.md, S5).
+            Some(n) if scenario == "S5" && via == "server" => Stop::Requests(n),
+            _ if self.scale.quick => Stop::Requests(self.scale.quick_requests),
+            _ => Stop::After(self.scale.duration),
         };
         let plan = Plan {
             concurrency,
@@ -601,6 +622,51 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
+/// The database of a benchmark server (`label`), opened beside it: SQLite in its data folder, or
+/// the `NANO_BANANA_DATABASE_URL` the server was given.
+struct ServerDatabase {
+    db: nano_banana::storage::Db,
+    kind: &'static str,
+}
+
+/// The database's size and how many tasks it holds.
+struct DatabaseSize {
+    bytes: i64,
+    tasks: i64,
+}
+
+impl ServerDatabase {
+    async fn open(work: &WorkDir, label: &str) -> anyhow::Result<ServerDatabase> {
+        let url = match std::env::var("NANO_BANANA_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                nano_banana::config::Config::with_data_dir(
+                    &work.path().join(format!("{label}-data")),
+                )
+                .database_url
+            }
+        };
+        let db = nano_banana::storage::Db::connect(&url)
+            .await
+            .context("opening the server's database")?;
+        let kind = db.kind();
+        Ok(ServerDatabase { db, kind })
+    }
+
+    async fn measure(&self) -> anyhow::Result<DatabaseSize> {
+        let bytes = self.db.size_bytes().await.context("the database's size")?;
+        let stats = self.db.queue_stats().await.context("the task counts")?;
+        Ok(DatabaseSize {
+            bytes,
+            tasks: stats.tasks_by_state.iter().map(|(_, n)| n).sum(),
+        })
+    }
+
+    async fn close(&self) {
+        self.db.close().await;
+    }
 }
 
 /// The contract's sync generate request.

@@ -254,7 +254,7 @@ struct Table {
 /// Every table, parents before children (the order foreign keys need). A column added by a
 /// migration must be added here too; `copy_into` refuses to run while the schema of either
 /// database has a column this list lacks, so a forgotten one cannot be dropped silently.
-const TABLES: [Table; 8] = {
+const TABLES: [Table; 9] = {
     use Kind::{Int, Text};
     [
         Table {
@@ -323,6 +323,12 @@ const TABLES: [Table; 8] = {
             key: "task_id",
             identity: false,
             columns: &[("task_id", Text), ("request", Text)],
+        },
+        Table {
+            name: "task_inputs",
+            key: "task_id, digest",
+            identity: false,
+            columns: &[("task_id", Text), ("digest", Text)],
         },
         Table {
             name: "callbacks",

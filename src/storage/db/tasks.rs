@@ -14,8 +14,9 @@ use sqlx::{Row, sqlite::SqlitePool};
 
 use super::{BeginWrite, DONE_CHANNEL, Db, DbError, Pool, QUEUED_CHANNEL};
 
-/// Binds a `NewTask` as `$1`…`$13` of a task insert (id, trace_id, application_id, user_id,
-/// api_id, credential_id, request, callback_url, now, model, reserved, lease owner, lease end).
+/// Binds a `NewTask` as `$1`…`$14` of a task insert (id, trace_id, application_id, user_id,
+/// api_id, credential_id, request, callback_url, now, model, reserved, lease owner, lease end,
+/// the input digests as a JSON array).
 macro_rules! bind_new_task {
     ($query:expr, $task:expr) => {
         $query
@@ -32,6 +33,7 @@ macro_rules! bind_new_task {
             .bind($task.reserved)
             .bind($task.claim.map(|c| c.owner))
             .bind($task.claim.map(|c| c.until))
+            .bind($task.inputs)
     };
 }
 
@@ -62,6 +64,9 @@ pub struct NewTask<'a> {
     pub api_id: &'a str,
     pub credential_id: &'a str,
     pub request: &'a str,
+    /// The SHA-256 digests of the input images the request names (stored in the image store
+    /// already), as a JSON array of strings without repeats: `[]` for none.
+    pub inputs: &'a str,
     pub callback_url: Option<&'a str>,
     pub model: &'a str,
     /// Credits reserved for the worst case (every image succeeds).
@@ -169,6 +174,8 @@ async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, 
          INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
          INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
          SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0; \
+         INSERT INTO task_inputs (task_id, digest) SELECT $1, value FROM json_each($14) \
+         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1); \
          COMMIT;",
     ));
     match bind_new_task!(batch, task)
@@ -290,16 +297,20 @@ impl Db {
                     task.now,
                 )?;
             }
-            // The task and its request (`$7`) in one statement: PostgreSQL wants every bound
-            // parameter used, and SQLite runs the two statements in one trip.
+            // The task, its request (`$7`) and its inputs (`$14`) in one statement: PostgreSQL
+            // wants every bound parameter used, and SQLite runs the statements in one trip.
             let insert = sqlx::query(if pg {
                 concat!(
                     "WITH task AS (INSERT INTO tasks ",
                     new_task_columns!(),
                     " VALUES (",
                     new_task_values!(),
-                    ") RETURNING id) \
-                     INSERT INTO task_requests (task_id, request) SELECT id, $7 FROM task"
+                    ") RETURNING id), \
+                     request AS (INSERT INTO task_requests (task_id, request) \
+                         SELECT id, $7 FROM task) \
+                     INSERT INTO task_inputs (task_id, digest) \
+                     SELECT task.id, input.digest FROM task \
+                     CROSS JOIN json_array_elements_text(CAST($14 AS json)) AS input(digest)"
                 )
             } else {
                 concat!(
@@ -307,7 +318,8 @@ impl Db {
                     new_task_columns!(),
                     " VALUES (",
                     new_task_values!(),
-                    "); INSERT INTO task_requests (task_id, request) VALUES ($1, $7)"
+                    "); INSERT INTO task_requests (task_id, request) VALUES ($1, $7); \
+                     INSERT INTO task_inputs (task_id, digest) SELECT $1, value FROM json_each($14)"
                 )
             });
             bind_new_task!(insert, task).execute(&mut *tx).await?;
@@ -604,6 +616,70 @@ impl Db {
                 oldest_started,
                 durations,
             })
+        })
+    }
+
+    /// Which of `digests` some task's record still uses (the input sweeper keeps those).
+    pub async fn referenced_inputs(
+        &self,
+        digests: &[String],
+    ) -> Result<std::collections::HashSet<String>, DbError> {
+        let mut used = std::collections::HashSet::new();
+        // A JSON array as one parameter: one query per batch on both databases.
+        for batch in digests.chunks(500) {
+            let list = serde_json::to_string(batch).unwrap_or_else(|_| "[]".to_owned());
+            on_pool!(self, |pool, pg| {
+                let rows = sqlx::query(if pg {
+                    "SELECT DISTINCT digest FROM task_inputs \
+                     WHERE digest IN (SELECT json_array_elements_text(CAST($1 AS json)))"
+                } else {
+                    "SELECT DISTINCT digest FROM task_inputs \
+                     WHERE digest IN (SELECT value FROM json_each($1))"
+                })
+                .bind(&list)
+                .fetch_all(pool)
+                .await?;
+                for row in rows {
+                    used.insert(row.try_get::<String, _>("digest")?);
+                }
+            });
+        }
+        Ok(used)
+    }
+
+    /// Deletes a finished task's record: the task, its request, its input references (so the
+    /// input sweeper may delete objects no other task uses, once their grace period has
+    /// passed) and its delivered callbacks. The ledger keeps its rows. `false`: no such
+    /// finished task, or its callback is still being delivered. (For the retention sweeper to come; the inputs' half of the rule is
+    /// tested now.)
+    pub async fn delete_task_record(&self, id: &str) -> Result<bool, DbError> {
+        on_writer!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            let finished = sqlx::query(
+                "SELECT 1 AS one FROM tasks WHERE id = $1 AND state IN ('succeeded', 'failed') \
+                 AND NOT EXISTS (SELECT 1 FROM callbacks \
+                     WHERE task_id = $1 AND state = 'pending')",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if finished.is_none() {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            for statement in [
+                "DELETE FROM task_inputs WHERE task_id = $1",
+                "DELETE FROM task_requests WHERE task_id = $1",
+                "DELETE FROM callback_attempts WHERE callback_id IN \
+                     (SELECT id FROM callbacks WHERE task_id = $1)",
+                "DELETE FROM callbacks WHERE task_id = $1",
+                "DELETE FROM idempotency_keys WHERE task_id = $1",
+                "DELETE FROM tasks WHERE id = $1",
+            ] {
+                sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
         })
     }
 

@@ -1,0 +1,220 @@
+//! An edit's `data:` inputs live in the image store, not in the database (src/tasks/inputs.rs):
+//! stored once however many tasks send them, read back by whichever node runs the task, named
+//! in the task's record by their SHA-256, and deleted by the input sweeper once no task's
+//! record references them.
+
+use std::time::{Duration, Instant};
+
+use nano_banana::domain::sha256_hex;
+use serde_json::json;
+
+use crate::helpers::{
+    TestApp, data_uri, png, share_state, spawn_app_with, stored_input, wait_for_task_of,
+};
+
+/// A PNG of `width`×`height` noise: it does not compress, so its size is about 3 bytes a
+/// pixel. `seed` makes each one different.
+pub fn noise_png(width: u32, height: u32, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let image = image::RgbImage::from_fn(width, height, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let [a, b, c, ..] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png encodes");
+    out.into_inner()
+}
+
+/// The digests of the input objects in `app`'s image store, sorted.
+async fn stored_digests(app: &TestApp) -> Vec<String> {
+    let mut digests: Vec<String> = app
+        .store
+        .list_inputs()
+        .await
+        .expect("the input objects")
+        .into_iter()
+        .map(|(digest, _)| digest)
+        .collect();
+    digests.sort();
+    digests
+}
+
+fn edit(images: &[&[u8]]) -> serde_json::Value {
+    let urls: Vec<String> = images.iter().map(|bytes| data_uri(bytes)).collect();
+    json!({"action": "edit", "prompt": "make it night", "model": "nano-banana-pro",
+           "image_urls": urls})
+}
+
+#[tokio::test]
+async fn edits_with_four_2_mb_inputs_leave_them_out_of_the_database() {
+    let app = spawn_app_with(|_| {}).await;
+    // Four different 2 MB images (~2.8 MB each as base64), sent by every edit.
+    let inputs: Vec<Vec<u8>> = (1..=4).map(|seed| noise_png(820, 820, seed)).collect();
+    assert!(inputs.iter().all(|png| png.len() > 2_000_000));
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let body = edit(&refs);
+
+    // One edit first, so that the tables' first pages exist before the measurement.
+    let first = app.post_images(body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let before = app.db.size_bytes().await.expect("the database's size");
+    const EDITS: i64 = 20;
+    for _ in 0..EDITS {
+        let answer = app.post_images(body.clone()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["success"], true, "{}", answer.body);
+    }
+    let after = app.db.size_bytes().await.expect("the database's size");
+    let per_edit = (after - before) / EDITS;
+    eprintln!("database growth: {} bytes per edit", per_edit);
+    assert!(
+        per_edit < 2048,
+        "the database grew by {per_edit} bytes per edit ({before} → {after} bytes)"
+    );
+
+    // Each image was stored once, for all 21 tasks, under the SHA-256 of its bytes.
+    let mut expected: Vec<String> = inputs.iter().map(|png| sha256_hex(png)).collect();
+    expected.sort();
+    assert_eq!(stored_digests(&app).await, expected);
+    for (png, digest) in inputs.iter().zip(&expected) {
+        let stored = app
+            .store
+            .read_input(&sha256_hex(png))
+            .await
+            .expect("stored");
+        assert_eq!(stored.as_ref(), png.as_slice(), "{digest}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_input_is_stored_once_and_the_record_names_it() {
+    let app = spawn_app_with(|_| {}).await;
+    let (a, b) = (png(60, 40), png(30, 30));
+    let answer = app
+        .post_images(json!({"action": "edit", "prompt": "merge", "async": true,
+                            "image_urls": [data_uri(&a), data_uri(&a), data_uri(&b)]}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let id = answer.body["task_id"].as_str().expect("a task id");
+    let record = app.wait_for_task(id).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    // The record names each input by the SHA-256 of its bytes, in the order sent.
+    assert_eq!(
+        record["request"]["image_urls"],
+        json!([stored_input(&a), stored_input(&a), stored_input(&b)])
+    );
+    let mut expected = vec![sha256_hex(&a), sha256_hex(&b)];
+    expected.sort();
+    assert_eq!(stored_digests(&app).await, expected, "one object per image");
+
+    // A client cannot name a stored input itself: only the server writes references.
+    let answer = app
+        .post_images(json!({"action": "edit", "prompt": "steal",
+                            "image_urls": [stored_input(&a)]}))
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn another_node_reads_the_inputs_from_the_store_and_a_lost_one_fails_its_task() {
+    // An API-only node accepts the edits; a node with workers runs them later, with nothing
+    // handed over in memory.
+    let api = spawn_app_with(|config| config.workers = 0).await;
+    let (kept, lost) = (png(40, 30), png(50, 50));
+    let mut ids = Vec::new();
+    for photo in [&kept, &lost] {
+        let answer = api
+            .post_images(json!({"action": "edit", "prompt": "sharpen", "async": true,
+                                "image_urls": [data_uri(photo)]}))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        ids.push(answer.body["task_id"].as_str().expect("an id").to_owned());
+    }
+    api.store
+        .delete_input(&sha256_hex(&lost))
+        .await
+        .expect("deleted");
+    let worker = spawn_app_with(|config| share_state(config, &api)).await;
+
+    let record = wait_for_task_of(&worker, &worker.token, &ids[0]).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let (_, image) = crate::helpers::download_image(
+        &worker,
+        record["response"]["data"][0]["image_url"]
+            .as_str()
+            .expect("an image"),
+    )
+    .await;
+    assert_eq!(
+        (image.width(), image.height()),
+        (1184, 864),
+        "4:3 like 40x30: the input was read"
+    );
+
+    let record = wait_for_task_of(&worker, &worker.token, &ids[1]).await;
+    assert_eq!(record["state"], "failed", "{record}");
+    assert_eq!(record["response"]["error"]["code"], "api_error", "{record}");
+    assert_eq!(
+        record["response"]["error"]["message"],
+        "image_urls[0] is no longer stored; send the request again."
+    );
+}
+
+/// Waits until `check` holds, or panics after `within`.
+async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_sweeper_deletes_inputs_no_task_references_once_their_grace_has_passed() {
+    let app = spawn_app_with(|config| {
+        config.input_grace = Duration::from_secs(2);
+        config.input_sweep_interval = Duration::from_millis(200);
+    })
+    .await;
+    // An object no task references (what a crash between the two writes leaves).
+    let orphan = png(20, 20);
+    app.store
+        .put_input(&sha256_hex(&orphan), orphan.clone().into(), Duration::ZERO)
+        .await
+        .expect("stored");
+    let used = png(30, 20);
+    let answer = app
+        .post_images(json!({"action": "edit", "prompt": "x", "image_urls": [data_uri(&used)]}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let id = answer.body["task_id"].as_str().expect("an id").to_owned();
+
+    eventually(
+        Duration::from_secs(30),
+        "the orphan was not deleted",
+        async || stored_digests(&app).await == vec![sha256_hex(&used)],
+    )
+    .await;
+    // Past the grace period, and swept several times since: the referenced one stays.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stored_digests(&app).await, vec![sha256_hex(&used)]);
+
+    // Once the task's record is deleted, its input goes too.
+    assert!(app.db.delete_task_record(&id).await.expect("deleted"));
+    eventually(
+        Duration::from_secs(30),
+        "the input was not deleted",
+        async || stored_digests(&app).await.is_empty(),
+    )
+    .await;
+    let answer = app
+        .post_tasks(json!({"action": "retrieve", "id": id}))
+        .await;
+    assert_eq!(answer.body, json!({}), "the record is gone");
+}
