@@ -2,16 +2,18 @@
 //! multipart upload, a Gemini `inlineData` part: every dialect's uploads arrive here as `data:`
 //! URIs) is decoded once at submission, checked (size, type, dimensions), and written to the
 //! image store as `inputs/<sha256 of the bytes>`; the task's stored request names it
-//! `input:sha256:<digest>` instead of carrying the base64, and the task's record lists the
-//! digests it uses (`task_inputs`). The worker reads them back from the store — or, when this
-//! process runs the task at once, gets the decoded images handed over in memory.
+//! `input:sha256:<digest>` instead of carrying the base64. The worker reads them back from the
+//! store — or, when this process runs the task at once, gets the decoded images handed over in
+//! memory.
 //!
 //! Content-addressed objects are shared between tasks, so an object may be deleted only when no
-//! task's record references it. The input sweeper (`sweep`) deletes objects that no record
-//! references and that were written longer ago than the grace period (`--input-grace`): objects
-//! orphaned by a crash between the store write and the task's row, by a refused admission, or
-//! by deleting a task's record (`Db::delete_task_record`, which drops its references in the
-//! same transaction). A submission writes an object again whenever the stored copy is older
+//! task's record uses it. The database counts the records that use each image
+//! (`input_objects`): a task's admission adds one for each image it uses, in the transaction
+//! that writes the task; deleting its record (`Tasks::delete_record`) takes one off in the
+//! transaction that deletes it, and the row goes at zero. The input sweeper (`sweep`) deletes
+//! objects that have no row and were written longer ago than the grace period
+//! (`--input-grace`): objects orphaned by a crash between the store write and the task's row,
+//! by a refused admission, or by deleting the last record that used them. A submission writes an object again whenever the stored copy is older
 //! than half the grace period, so an object a new task is about to reference is always younger
 //! than the grace period and no sweeper takes it meanwhile.
 //!
@@ -171,6 +173,21 @@ impl Tasks {
         })
     }
 
+    /// Deletes a finished task's record (see `Db::delete_task_record`): its input images go
+    /// once no other record uses them and the sweeper's grace period has passed. `false`: no
+    /// such finished task of this application.
+    pub async fn delete_record(
+        &self,
+        application_id: &str,
+        id: &str,
+    ) -> Result<bool, super::TaskError> {
+        let Some(row) = self.db.get_task(id, application_id).await? else {
+            return Ok(false);
+        };
+        let inputs = request_inputs(&row.request)?;
+        Ok(self.db.delete_task_record(id, &inputs).await?)
+    }
+
     /// One pass of the input sweeper: deletes every input object that no task's record
     /// references and that was written longer than the grace period ago. The number deleted.
     pub async fn sweep_inputs(&self) -> Result<usize, SweepError> {
@@ -206,6 +223,25 @@ pub enum SweepError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Db(#[from] crate::storage::db::DbError),
+}
+
+/// The digests of the input images a stored request names (`image_urls` and `mask`), as a JSON
+/// array without repeats: what its admission counted (`NewTask::inputs`).
+pub fn request_inputs(request: &str) -> Result<String, serde_json::Error> {
+    let request: Value = serde_json::from_str(request)?;
+    let mut digests: Vec<&str> = Vec::new();
+    let urls = request.get("image_urls").and_then(Value::as_array);
+    let sources = urls
+        .into_iter()
+        .flatten()
+        .chain(request.get("mask"))
+        .filter_map(Value::as_str);
+    for digest in sources.filter_map(stored_digest) {
+        if !digests.contains(&digest) {
+            digests.push(digest);
+        }
+    }
+    serde_json::to_string(&digests)
 }
 
 /// The contract's error for an input image of a running task that could not be loaded:

@@ -469,12 +469,6 @@ impl Tasks {
             .collect()
     }
 
-    /// Deletes a finished task's record (see `Db::delete_task_record`); its input images go
-    /// once no other task uses them and the input sweeper's grace period has passed.
-    pub async fn delete_record(&self, id: &str) -> Result<bool, TaskError> {
-        Ok(self.db.delete_task_record(id).await?)
-    }
-
     fn check_image_source(&self, index: usize, source: &str) -> Result<(), ApiError> {
         self.fetcher
             .check_source(source)

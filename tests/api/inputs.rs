@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use nano_banana::domain::sha256_hex;
+use nano_banana::{domain::sha256_hex, tasks::inputs::request_inputs};
 use serde_json::json;
 
 use crate::helpers::{
@@ -63,7 +63,9 @@ async fn edits_with_four_2_mb_inputs_leave_them_out_of_the_database() {
     let first = app.post_images(body.clone()).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let before = app.db.size_bytes().await.expect("the database's size");
-    const EDITS: i64 = 20;
+    // Enough edits that the last, partly filled page of each table and index (a dozen of
+    // them, 4 KB each) does not decide the result.
+    const EDITS: i64 = 40;
     for _ in 0..EDITS {
         let answer = app.post_images(body.clone()).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -77,7 +79,7 @@ async fn edits_with_four_2_mb_inputs_leave_them_out_of_the_database() {
         "the database grew by {per_edit} bytes per edit ({before} → {after} bytes)"
     );
 
-    // Each image was stored once, for all 21 tasks, under the SHA-256 of its bytes.
+    // Each image was stored once, for all 41 tasks, under the SHA-256 of its bytes.
     let mut expected: Vec<String> = inputs.iter().map(|png| sha256_hex(png)).collect();
     expected.sort();
     assert_eq!(stored_digests(&app).await, expected);
@@ -188,12 +190,19 @@ async fn the_sweeper_deletes_inputs_no_task_references_once_their_grace_has_pass
         .put_input(&sha256_hex(&orphan), orphan.clone().into(), Duration::ZERO)
         .await
         .expect("stored");
+    // Two tasks use the same image.
     let used = png(30, 20);
-    let answer = app
-        .post_images(json!({"action": "edit", "prompt": "x", "image_urls": [data_uri(&used)]}))
-        .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let id = answer.body["task_id"].as_str().expect("an id").to_owned();
+    let mut records = Vec::new();
+    for _ in 0..2 {
+        let answer = app
+            .post_images(json!({"action": "edit", "prompt": "x", "image_urls": [data_uri(&used)]}))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let id = answer.body["task_id"].as_str().expect("an id");
+        let record = app.wait_for_task(id).await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+        records.push(record);
+    }
 
     eventually(
         Duration::from_secs(30),
@@ -201,20 +210,33 @@ async fn the_sweeper_deletes_inputs_no_task_references_once_their_grace_has_pass
         async || stored_digests(&app).await == vec![sha256_hex(&used)],
     )
     .await;
-    // Past the grace period, and swept several times since: the referenced one stays.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delete = async |record: &serde_json::Value| {
+        let inputs = request_inputs(&record["request"].to_string()).expect("the record's inputs");
+        assert_eq!(inputs, json!([sha256_hex(&used)]).to_string());
+        let id = record["id"].as_str().expect("an id");
+        assert!(
+            app.db
+                .delete_task_record(id, &inputs)
+                .await
+                .expect("deleted")
+        );
+        let answer = app
+            .post_tasks(json!({"action": "retrieve", "id": id}))
+            .await;
+        assert_eq!(answer.body, json!({}), "the record is gone");
+    };
+    // One record deleted: the other still uses the image, which stays past its grace period
+    // and several sweeps.
+    delete(&records[0]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stored_digests(&app).await, vec![sha256_hex(&used)]);
 
-    // Once the task's record is deleted, its input goes too.
-    assert!(app.db.delete_task_record(&id).await.expect("deleted"));
+    // The last one deleted: the image goes too.
+    delete(&records[1]).await;
     eventually(
         Duration::from_secs(30),
         "the input was not deleted",
         async || stored_digests(&app).await.is_empty(),
     )
     .await;
-    let answer = app
-        .post_tasks(json!({"action": "retrieve", "id": id}))
-        .await;
-    assert_eq!(answer.body, json!({}), "the record is gone");
 }

@@ -491,7 +491,7 @@ async fn migrations_before_task_requests(
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        if !name.contains("task_requests") && !name.contains("task_inputs") {
+        if !name.contains("task_requests") && !name.contains("input_objects") {
             std::fs::copy(&path, old.path().join(name)).expect("copy a migration");
         }
     }

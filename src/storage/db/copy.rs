@@ -325,10 +325,10 @@ const TABLES: [Table; 9] = {
             columns: &[("task_id", Text), ("request", Text)],
         },
         Table {
-            name: "task_inputs",
-            key: "task_id, digest",
+            name: "input_objects",
+            key: "digest",
             identity: false,
-            columns: &[("task_id", Text), ("digest", Text)],
+            columns: &[("digest", Text), ("tasks", Int)],
         },
         Table {
             name: "callbacks",

@@ -174,8 +174,9 @@ async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, 
          INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
          INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
          SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0; \
-         INSERT INTO task_inputs (task_id, digest) SELECT $1, value FROM json_each($14) \
-         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1); \
+         INSERT INTO input_objects (digest, tasks) SELECT value, 1 FROM json_each($14) \
+         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1) \
+         ON CONFLICT (digest) DO UPDATE SET tasks = tasks + 1; \
          COMMIT;",
     ));
     match bind_new_task!(batch, task)
@@ -297,8 +298,9 @@ impl Db {
                     task.now,
                 )?;
             }
-            // The task, its request (`$7`) and its inputs (`$14`) in one statement: PostgreSQL
-            // wants every bound parameter used, and SQLite runs the statements in one trip.
+            // The task, its request (`$7`) and its inputs' counts (`$14`) in one statement:
+            // PostgreSQL wants every bound parameter used, and SQLite runs the statements in one
+            // trip.
             let insert = sqlx::query(if pg {
                 concat!(
                     "WITH task AS (INSERT INTO tasks ",
@@ -308,9 +310,10 @@ impl Db {
                     ") RETURNING id), \
                      request AS (INSERT INTO task_requests (task_id, request) \
                          SELECT id, $7 FROM task) \
-                     INSERT INTO task_inputs (task_id, digest) \
-                     SELECT task.id, input.digest FROM task \
-                     CROSS JOIN json_array_elements_text(CAST($14 AS json)) AS input(digest)"
+                     INSERT INTO input_objects (digest, tasks) \
+                     SELECT input.digest, 1 FROM task \
+                     CROSS JOIN json_array_elements_text(CAST($14 AS json)) AS input(digest) \
+                     ON CONFLICT (digest) DO UPDATE SET tasks = input_objects.tasks + 1"
                 )
             } else {
                 concat!(
@@ -319,7 +322,9 @@ impl Db {
                     " VALUES (",
                     new_task_values!(),
                     "); INSERT INTO task_requests (task_id, request) VALUES ($1, $7); \
-                     INSERT INTO task_inputs (task_id, digest) SELECT $1, value FROM json_each($14)"
+                     INSERT INTO input_objects (digest, tasks) \
+                     SELECT value, 1 FROM json_each($14) WHERE true \
+                     ON CONFLICT (digest) DO UPDATE SET tasks = tasks + 1"
                 )
             });
             bind_new_task!(insert, task).execute(&mut *tx).await?;
@@ -630,11 +635,11 @@ impl Db {
             let list = serde_json::to_string(batch).unwrap_or_else(|_| "[]".to_owned());
             on_pool!(self, |pool, pg| {
                 let rows = sqlx::query(if pg {
-                    "SELECT DISTINCT digest FROM task_inputs \
-                     WHERE digest IN (SELECT json_array_elements_text(CAST($1 AS json)))"
+                    "SELECT digest FROM input_objects WHERE tasks > 0 \
+                     AND digest IN (SELECT json_array_elements_text(CAST($1 AS json)))"
                 } else {
-                    "SELECT DISTINCT digest FROM task_inputs \
-                     WHERE digest IN (SELECT value FROM json_each($1))"
+                    "SELECT digest FROM input_objects WHERE tasks > 0 \
+                     AND digest IN (SELECT value FROM json_each($1))"
                 })
                 .bind(&list)
                 .fetch_all(pool)
@@ -647,15 +652,17 @@ impl Db {
         Ok(used)
     }
 
-    /// Deletes a finished task's record: the task, its request, its input references (so the
-    /// input sweeper may delete objects no other task uses, once their grace period has
-    /// passed) and its delivered callbacks. The ledger keeps its rows. `false`: no such
-    /// finished task, or its callback is still being delivered. (For the retention sweeper to come; the inputs' half of the rule is
-    /// tested now.)
-    pub async fn delete_task_record(&self, id: &str) -> Result<bool, DbError> {
+    /// Deletes a finished task's record: the task, its request, its callbacks and idempotency
+    /// key, and its uses of input images (`inputs`: the digests its request names, as a JSON
+    /// array without repeats, as `NewTask::inputs` had them): each image's count goes down by
+    /// one, and an image no task uses any more loses its row, so that the input sweeper deletes
+    /// the object once its grace period has passed. The ledger keeps its rows. `false`: no such
+    /// finished task, or its callback is still being delivered; nothing was deleted. (For the
+    /// retention sweeper to come; the inputs' half of the rule is tested now.)
+    pub async fn delete_task_record(&self, id: &str, inputs: &str) -> Result<bool, DbError> {
         on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
-            let finished = sqlx::query(
+            let deletable = sqlx::query(
                 "SELECT 1 AS one FROM tasks WHERE id = $1 AND state IN ('succeeded', 'failed') \
                  AND NOT EXISTS (SELECT 1 FROM callbacks \
                      WHERE task_id = $1 AND state = 'pending')",
@@ -663,12 +670,12 @@ impl Db {
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-            if finished.is_none() {
+            if deletable.is_none() {
                 tx.rollback().await?;
                 return Ok(false);
             }
+            // The rows that reference the task first (foreign keys), the task last.
             for statement in [
-                "DELETE FROM task_inputs WHERE task_id = $1",
                 "DELETE FROM task_requests WHERE task_id = $1",
                 "DELETE FROM callback_attempts WHERE callback_id IN \
                      (SELECT id FROM callbacks WHERE task_id = $1)",
@@ -677,6 +684,26 @@ impl Db {
                 "DELETE FROM tasks WHERE id = $1",
             ] {
                 sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+            }
+            for statement in if pg {
+                [
+                    "UPDATE input_objects SET tasks = tasks - 1 \
+                     WHERE digest IN (SELECT json_array_elements_text(CAST($1 AS json)))",
+                    "DELETE FROM input_objects WHERE tasks <= 0 \
+                     AND digest IN (SELECT json_array_elements_text(CAST($1 AS json)))",
+                ]
+            } else {
+                [
+                    "UPDATE input_objects SET tasks = tasks - 1 \
+                     WHERE digest IN (SELECT value FROM json_each($1))",
+                    "DELETE FROM input_objects WHERE tasks <= 0 \
+                     AND digest IN (SELECT value FROM json_each($1))",
+                ]
+            } {
+                sqlx::query(statement)
+                    .bind(inputs)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(true)
