@@ -91,7 +91,7 @@ fn assert_counts(summary: &Value, expected: &[(&str, i64)]) {
     }
     assert_eq!(
         summary["tables"].as_object().map(|t| t.len()),
-        Some(8),
+        Some(9),
         "every table: {summary}"
     );
 }
