@@ -689,6 +689,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn inputs_are_stored_by_digest_once_and_never_served_as_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::local(dir.path()).unwrap();
+        let digest = "a".repeat(64);
+        let hour = Duration::from_secs(3600);
+        store
+            .put_input(&digest, Bytes::from_static(b"one"), hour)
+            .await
+            .unwrap();
+        // Fresh: the same digest is not written again.
+        store
+            .put_input(&digest, Bytes::from_static(b"two"), hour)
+            .await
+            .unwrap();
+        assert_eq!(store.read_input(&digest).await.unwrap().as_ref(), b"one");
+        // Older than the window: written again (and so made young again).
+        store
+            .put_input(&digest, Bytes::from_static(b"one"), Duration::ZERO)
+            .await
+            .unwrap();
+        let listed = store.list_inputs().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, digest);
+        assert!(modified_within(listed[0].1, Duration::from_secs(60)));
+        assert!(matches!(
+            store.get(&format!("{INPUT_PREFIX}/{digest}")).await,
+            Err(StoreError::InvalidKey)
+        ));
+        for bad in ["../x", &"A".repeat(64), &"a".repeat(63), ""] {
+            assert!(
+                matches!(store.read_input(bad).await, Err(StoreError::InvalidKey)),
+                "{bad}"
+            );
+        }
+        store.delete_input(&digest).await.unwrap();
+        store.delete_input(&digest).await.unwrap();
+        assert!(matches!(
+            store.read_input(&digest).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.list_inputs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_removed_folder_is_made_again_on_the_next_write() {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("images");
