@@ -302,7 +302,7 @@ impl Bench {
             let per_task = (after.bytes - before.bytes) as f64 / tasks as f64;
             self.report.verdict(
                 "S5",
-                &format!("database growth per edit ({}, {inputs})", database.kind),
+                format!("database growth per edit ({}, {inputs})", database.kind),
                 format!(
                     "{per_task:.0} bytes ({tasks} edits: {} → {} KB)",
                     before.bytes / 1024,
@@ -616,7 +616,7 @@ impl Endpoint {
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut varied = body.to_vec();
                 for (i, &at) in offsets.iter().enumerate() {
-                    let stamp = BASE64.encode(((n << 8) | i as u64).to_le_bytes()[..6].to_vec());
+                    let stamp = BASE64.encode(&((n << 8) | i as u64).to_le_bytes()[..6]);
                     varied[at..at + 8].copy_from_slice(stamp.as_bytes());
                 }
                 Some(Bytes::from(varied))
