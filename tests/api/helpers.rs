@@ -491,14 +491,19 @@ pub async fn download_image(app: &TestApp, url: &str) -> (String, image::Dynamic
 /// A loopback HTTP server that answers every GET with the same image bytes.
 pub struct ImageHost {
     pub port: u16,
+    /// How many requests it has answered.
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl ImageHost {
     pub async fn start(bytes: Vec<u8>) -> ImageHost {
         let bytes = bytes::Bytes::from(bytes);
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
         let app = axum::Router::new().fallback(move || {
             let bytes = bytes.clone();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move { ([("content-type", "image/png")], bytes) }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -506,7 +511,7 @@ impl ImageHost {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        ImageHost { port, server }
+        ImageHost { port, hits, server }
     }
 
     pub fn url(&self, path: &str) -> String {

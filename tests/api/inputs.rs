@@ -9,7 +9,8 @@ use nano_banana::{domain::sha256_hex, tasks::inputs::request_inputs};
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, data_uri, png, share_state, spawn_app_with, stored_input, wait_for_task_of,
+    ImageHost, TestApp, data_uri, png, share_state, spawn_app_with, stored_input, use_gemini,
+    wait_for_task_of,
 };
 
 /// A PNG of `width`×`height` noise: it does not compress, so its size is about 3 bytes a
@@ -256,4 +257,28 @@ async fn the_sweeper_deletes_inputs_no_task_references_once_their_grace_has_pass
         async || stored_digests(&app).await.is_empty(),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_url_input_is_fetched_once_for_every_image_and_every_retry() {
+    use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Scenario};
+    let fake = FakeGemini::start(FakeGeminiOptions::default())
+        .await
+        .expect("the fake upstream starts");
+    // The first upstream call fails with a 503 and is retried.
+    fake.push_scenario(Scenario::Unavailable);
+    let app = spawn_app_with(|config| use_gemini(config, &fake.base_url(), "key")).await;
+    let host = ImageHost::start(png(40, 30)).await;
+    let answer = app
+        .post_images(json!({"action": "edit", "prompt": "twice", "count": 2,
+                            "image_urls": [host.url("/photo.png")]}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(fake.request_count(), 3, "two images, one of them retried");
+    assert_eq!(
+        host.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the URL was fetched once for the task"
+    );
 }
