@@ -895,6 +895,28 @@ mod tests {
             })
             .contains("--request-head-timeout")
         );
+        assert!(
+            bad(ServeArgs {
+                input_grace: Some(1),
+                ..Default::default()
+            })
+            .contains("--input-grace must be at least 2 seconds")
+        );
+        assert!(
+            bad(ServeArgs {
+                input_sweep_interval: Some(0),
+                ..Default::default()
+            })
+            .contains("--input-sweep-interval")
+        );
+        let inputs: ServeArgs =
+            toml::from_str("input_grace = 60\ninput_sweep_interval = 7").expect("a valid file");
+        assert_eq!(
+            Config::merge(ServeArgs::default(), inputs, None)
+                .map(|c| (c.input_grace, c.input_sweep_interval))
+                .ok(),
+            Some((Duration::from_secs(60), Duration::from_secs(7)))
+        );
         let from_file: ServeArgs =
             toml::from_str("request_head_timeout = 5").expect("a valid file");
         assert_eq!(
