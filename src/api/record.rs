@@ -22,7 +22,8 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<f64>,
     pub id: String,
-    /// The request body as the client sent it.
+    /// The request body as the client sent it, except that a `data:` input is named
+    /// `input:sha256:<hex>` (docs/contract.md).
     pub request: Value,
     /// Exactly what a sync request received: a success body or an error body. Finished tasks only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

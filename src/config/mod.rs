@@ -227,6 +227,14 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_TASK_LEASE", value_name = "SECONDS")]
     pub task_lease: Option<u64>,
 
+    /// An uploaded input image (an edit's `data:` input, stored in the image store under `inputs/`) that no task's record references is deleted once it is this old: what a crash or a refused request left behind, and the inputs of deleted task records [default: 3600]
+    #[arg(long, env = "NANO_BANANA_INPUT_GRACE", value_name = "SECONDS")]
+    pub input_grace: Option<u64>,
+
+    /// How often the input sweeper looks for such input images [default: 600]
+    #[arg(long, env = "NANO_BANANA_INPUT_SWEEP_INTERVAL", value_name = "SECONDS")]
+    pub input_sweep_interval: Option<u64>,
+
     /// How long a client may take to send a request's head, counted from when its connection opened or its previous answer was sent; then the connection is closed (an idle keep-alive connection too) [default: 30]
     #[arg(long, env = "NANO_BANANA_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
     pub request_head_timeout: Option<u64>,
@@ -332,6 +340,10 @@ pub struct Config {
     pub lease: Duration,
     /// How long a token lookup is reused (`ZERO`: never).
     pub token_cache: Duration,
+    /// An input image object no task references is deleted once it is this old.
+    pub input_grace: Duration,
+    /// How often the input sweeper runs.
+    pub input_sweep_interval: Duration,
     /// How often idle workers look for due work even without a wake-up signal.
     pub poll_interval: Duration,
 }
@@ -421,6 +433,8 @@ impl Config {
             redis: None,
             lease: Duration::from_secs(30),
             token_cache: Duration::from_secs(5),
+            input_grace: Duration::from_secs(3600),
+            input_sweep_interval: Duration::from_secs(600),
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -555,6 +569,20 @@ impl Config {
                 bail!("--task-lease must be at least 1 second");
             }
             config.lease = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(input_grace) {
+            // A submission writes an input again once it is half this old (tasks/inputs.rs):
+            // under a few seconds, that would be nearly every time.
+            if s < 2 {
+                bail!("--input-grace must be at least 2 seconds");
+            }
+            config.input_grace = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(input_sweep_interval) {
+            if s == 0 {
+                bail!("--input-sweep-interval must be at least 1 second");
+            }
+            config.input_sweep_interval = Duration::from_secs(s);
         }
         if let Some(s) = take!(token_cache) {
             config.token_cache = Duration::from_secs(s);
@@ -892,6 +920,28 @@ mod tests {
                 ..Default::default()
             })
             .contains("--request-head-timeout")
+        );
+        assert!(
+            bad(ServeArgs {
+                input_grace: Some(1),
+                ..Default::default()
+            })
+            .contains("--input-grace must be at least 2 seconds")
+        );
+        assert!(
+            bad(ServeArgs {
+                input_sweep_interval: Some(0),
+                ..Default::default()
+            })
+            .contains("--input-sweep-interval")
+        );
+        let inputs: ServeArgs =
+            toml::from_str("input_grace = 60\ninput_sweep_interval = 7").expect("a valid file");
+        assert_eq!(
+            Config::merge(ServeArgs::default(), inputs, None)
+                .map(|c| (c.input_grace, c.input_sweep_interval))
+                .ok(),
+            Some((Duration::from_secs(60), Duration::from_secs(7)))
         );
         let from_file: ServeArgs =
             toml::from_str("request_head_timeout = 5").expect("a valid file");

@@ -129,9 +129,10 @@ async fn answer(
         model_named: &|name| state.tasks.model_named(name),
         model_names: &model_names,
     };
-    let parsed = gemini::parse(model_id, &body, &context).map_err(|invalid| invalid.error())?;
+    let mut parsed = gemini::parse(model_id, &body, &context).map_err(|invalid| invalid.error())?;
     drop(body);
-    let submitted = submit::submit(&state, trace_id, &caller, &headers, &parsed.translated).await?;
+    let submitted =
+        submit::submit(&state, trace_id, &caller, &headers, &mut parsed.translated).await?;
     let response_id = submitted.task_id.clone();
     let GeminiRequest {
         translated,

@@ -48,8 +48,8 @@ async fn create_task(
     let body = submit::json_body(body).map_err(fail)?;
     let request =
         ImagesRequest::parse(&body, &state.limits).map_err(|e| fail(ApiError::bad_request(e.0)))?;
-    let translated = Translated { body, request };
-    let submitted = submit::submit(&state, &trace_id, &caller, &headers, &translated)
+    let mut translated = Translated { body, request };
+    let submitted = submit::submit(&state, &trace_id, &caller, &headers, &mut translated)
         .await
         .map_err(fail)?;
     if translated.request.answers_at_once() {

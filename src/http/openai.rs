@@ -167,10 +167,10 @@ async fn answer<D: Dialect>(
         model_named: &|name| state.tasks.model_named(name),
         model_names: &model_names,
     };
-    let parsed = openai::parse(operation, form, &fields, uploads, &context)
+    let mut parsed = openai::parse(operation, form, &fields, uploads, &context)
         .map_err(|invalid| D::error(trace_id, &invalid.error(), invalid.param.as_deref()))?;
     drop(fields);
-    let submitted = submit::submit(&state, trace_id, &caller, &headers, &parsed.translated)
+    let submitted = submit::submit(&state, trace_id, &caller, &headers, &mut parsed.translated)
         .await
         .map_err(fail)?;
     if parsed.translated.request.answers_at_once() {

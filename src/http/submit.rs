@@ -72,7 +72,7 @@ pub async fn submit(
     trace_id: &str,
     caller: &Caller,
     headers: &HeaderMap,
-    translated: &Translated,
+    translated: &mut Translated,
 ) -> Result<Submitted, ApiError> {
     let idempotency_key = idempotency_key(headers)?;
     // Boxed: the submission's database futures are large, and a sync request keeps its
@@ -81,8 +81,8 @@ pub async fn submit(
     Box::pin(state.tasks.submit(
         caller,
         trace_id,
-        &translated.body,
-        &translated.request,
+        &mut translated.body,
+        &mut translated.request,
         idempotency_key,
     ))
     .await

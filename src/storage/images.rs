@@ -2,12 +2,17 @@
 //! any S3-compatible bucket (`--storage s3://BUCKET[/PREFIX]`). It also forms the `image_url`
 //! clients get for a key (our own route, a public/CDN base, or a presigned S3 URL). It knows
 //! nothing of tasks or the contract; keys are opaque `<uuid>.<ext>` names.
+//!
+//! Input images (an edit's uploads) live in the same store under their own prefix,
+//! `inputs/<sha256 hex>`: content-addressed, so the same bytes are stored once whoever sends
+//! them. They are never served (`GET /images/{key}` accepts `<uuid>.<ext>` keys only); who
+//! references them, and when one may be deleted, is the database's and `tasks`'s business.
 
 use std::{
     path::{Path, PathBuf},
     str::FromStr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -393,6 +398,76 @@ impl ImageStore {
         }
     }
 
+    /// Stores an input image under its SHA-256 `digest` (64 lowercase hex digits). The same
+    /// bytes are written once: an object already there and written less than `fresh_for` ago is
+    /// left alone; an older one is written again, which renews its modification time, so that
+    /// the sweeper (which deletes only objects older than its grace period and referenced by no
+    /// task) cannot take it while the task that now uses it is being recorded. The write is
+    /// atomic (a staging file renamed into place, or one S3 `PUT`): a reader never sees half.
+    pub async fn put_input(
+        &self,
+        digest: &str,
+        bytes: Bytes,
+        fresh_for: Duration,
+    ) -> Result<(), StoreError> {
+        let path = input_path(digest)?;
+        match self.store.head(&path).await {
+            Ok(meta) if modified_within(meta.last_modified.into(), fresh_for) => return Ok(()),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StoreError::Backend(e)),
+        }
+        self.store.put(&path, PutPayload::from_bytes(bytes)).await?;
+        Ok(())
+    }
+
+    /// The bytes of the input image `digest`.
+    pub async fn read_input(&self, digest: &str) -> Result<Bytes, StoreError> {
+        let path = input_path(digest)?;
+        if let Some(dir) = &self.local_dir {
+            // One read into one buffer: `object_store` would stream a local file 8 KiB at a
+            // time, each chunk a trip through the blocking pool.
+            let file = dir.join(path.as_ref());
+            return match tokio::task::spawn_blocking(move || std::fs::read(file)).await {
+                Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound),
+                Ok(Err(e)) => Err(StoreError::Write(e)),
+                Err(e) => Err(StoreError::Write(std::io::Error::other(e))),
+            };
+        }
+        let result = self.store.get(&path).await.map_err(not_found)?;
+        result.bytes().await.map_err(not_found)
+    }
+
+    /// Every stored input image: its digest and when it was last written.
+    pub async fn list_inputs(&self) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let prefix = ObjectPath::from(INPUT_PREFIX);
+        let mut listing = self.store.list(Some(&prefix));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = match meta {
+                Ok(meta) => meta,
+                // A file that vanished between the listing and its metadata (deleted meanwhile).
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(StoreError::Backend(e)),
+            };
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            if is_digest(name) {
+                found.push((name.to_owned(), meta.last_modified.into()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes the input image `digest`; one already gone is fine.
+    pub async fn delete_input(&self, digest: &str) -> Result<(), StoreError> {
+        match self.store.delete(&input_path(digest)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::Backend(e)),
+        }
+    }
+
     /// Whether the store answers and lets us in (readiness): lists a probe prefix that is
     /// normally empty. An empty answer is fine; an unreachable endpoint, refused credentials or
     /// a missing bucket are errors. (A `head` would not do: S3 answers 404 for a missing bucket
@@ -553,6 +628,35 @@ fn object_path(key: &str) -> Result<ObjectPath, StoreError> {
     Ok(ObjectPath::from(key))
 }
 
+/// The folder (or key prefix) of input images.
+pub const INPUT_PREFIX: &str = "inputs";
+
+/// Whether `name` is a SHA-256 digest as input keys spell it: 64 lowercase hex digits.
+pub fn is_digest(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn input_path(digest: &str) -> Result<ObjectPath, StoreError> {
+    if !is_digest(digest) {
+        return Err(StoreError::InvalidKey);
+    }
+    Ok(ObjectPath::from(format!("{INPUT_PREFIX}/{digest}")))
+}
+
+fn modified_within(modified: SystemTime, window: Duration) -> bool {
+    SystemTime::now()
+        .duration_since(modified)
+        // Modified "in the future" (clocks apart): as fresh as can be.
+        .map_or(true, |age| age < window)
+}
+
+fn not_found(e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound,
+        other => StoreError::Backend(other),
+    }
+}
+
 fn extension_for(mime_type: &str) -> &'static str {
     match mime_type {
         "image/jpeg" => "jpg",
@@ -669,6 +773,50 @@ mod tests {
             );
         }
         store.check().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn inputs_are_stored_by_digest_once_and_never_served_as_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::local(dir.path()).unwrap();
+        let digest = "a".repeat(64);
+        let hour = Duration::from_secs(3600);
+        store
+            .put_input(&digest, Bytes::from_static(b"one"), hour)
+            .await
+            .unwrap();
+        // Fresh: the same digest is not written again.
+        store
+            .put_input(&digest, Bytes::from_static(b"two"), hour)
+            .await
+            .unwrap();
+        assert_eq!(store.read_input(&digest).await.unwrap().as_ref(), b"one");
+        // Older than the window: written again (and so made young again).
+        store
+            .put_input(&digest, Bytes::from_static(b"one"), Duration::ZERO)
+            .await
+            .unwrap();
+        let listed = store.list_inputs().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, digest);
+        assert!(modified_within(listed[0].1, Duration::from_secs(60)));
+        assert!(matches!(
+            store.get(&format!("{INPUT_PREFIX}/{digest}")).await,
+            Err(StoreError::InvalidKey)
+        ));
+        for bad in ["../x", &"A".repeat(64), &"a".repeat(63), ""] {
+            assert!(
+                matches!(store.read_input(bad).await, Err(StoreError::InvalidKey)),
+                "{bad}"
+            );
+        }
+        store.delete_input(&digest).await.unwrap();
+        store.delete_input(&digest).await.unwrap();
+        assert!(matches!(
+            store.read_input(&digest).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.list_inputs().await.unwrap().is_empty());
     }
 
     #[tokio::test]

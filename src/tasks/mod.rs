@@ -26,9 +26,11 @@ use crate::{
         Db, ImageStore,
         db::{Admission, Claim, ClaimedTask, DbError, Event, NewTask, Pace, QueueStats, TaskRow},
     },
+    tasks::inputs::Preloaded,
 };
 
 pub mod callbacks;
+pub mod inputs;
 mod output;
 mod worker;
 
@@ -68,6 +70,12 @@ pub struct TaskSettings {
     pub callback_signing_key: Option<Vec<u8>>,
     /// A task claimed this many times without finishing (its process kept dying) fails.
     pub max_claims: i64,
+    /// An input image object referenced by no task is deleted once it is this old.
+    pub input_grace: Duration,
+    /// How often the input sweeper looks (`inputs.rs`).
+    pub input_sweep_interval: Duration,
+    /// The test-only fault hook of `inputs.rs` (`NANO_BANANA_TEST_FAULT`).
+    pub pause_after_input_write: bool,
 }
 
 impl TaskSettings {
@@ -84,6 +92,10 @@ impl TaskSettings {
             callback_retry_base: Duration::from_secs(5),
             callback_signing_key: config.callback_signing_key.clone(),
             max_claims: 5,
+            input_grace: config.input_grace,
+            input_sweep_interval: config.input_sweep_interval,
+            pause_after_input_write: std::env::var(inputs::FAULT_ENV)
+                .is_ok_and(|fault| fault == inputs::PAUSE_AFTER_INPUT_WRITE),
         }
     }
 }
@@ -113,12 +125,15 @@ pub struct Tasks {
     /// no task is claimed at admission after that.
     slots: Arc<Semaphore>,
     /// Tasks claimed at admission, with their slot, for the workers' loop to run.
-    handoff: mpsc::UnboundedSender<(ClaimedTask, OwnedSemaphorePermit)>,
-    handed_off: Mutex<Option<mpsc::UnboundedReceiver<(ClaimedTask, OwnedSemaphorePermit)>>>,
+    handoff: mpsc::UnboundedSender<Handoff>,
+    handed_off: Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
     /// Turns true when this process has stopped running tasks (shutdown, after the grace
     /// period): sync requests still waiting here are answered with where their task stands.
     closing: watch::Sender<bool>,
 }
+
+/// A task claimed at admission, its worker slot, and its input images already decoded.
+type Handoff = (ClaimedTask, OwnedSemaphorePermit, Preloaded);
 
 impl Tasks {
     pub fn new(
@@ -168,6 +183,11 @@ impl Tasks {
             tokio::spawn(async {})
         };
         let deliverer = tokio::spawn(callbacks::run(self.clone(), shutdown.clone(), grace));
+        let sweeper = tokio::spawn(inputs::sweep(
+            self.clone(),
+            self.settings.input_sweep_interval,
+            shutdown.clone(),
+        ));
         // Kept until the workers have stopped: while they drain, a sync request waiting here
         // for a task another node runs is still answered when that node finishes it.
         let listener = tokio::spawn(listen(self.clone()));
@@ -178,6 +198,7 @@ impl Tasks {
             let deadline = tokio::time::Instant::now() + grace;
             let _ = workers.await;
             let _ = deliverer.await;
+            let _ = sweeper.await;
             // Sync requests still waiting here are for tasks that now run elsewhere (or wait in
             // the queue): answered as those finish (the listener still runs), for what is left
             // of the grace; then with an error that names the task (`stopped_waiting`).
@@ -206,7 +227,8 @@ impl Tasks {
         }
     }
 
-    /// Checks what can be checked before a task exists (input image sources), then writes the
+    /// Checks what can be checked before a task exists (input image sources), stores `data:`
+    /// inputs in the image store (`inputs.rs`: the stored request names them), then writes the
     /// task. Sync requests get a receiver for the result, registered before the task is visible
     /// to workers so that a fast worker cannot finish it unseen.
     ///
@@ -217,16 +239,17 @@ impl Tasks {
         &self,
         caller: &Caller,
         trace_id: &str,
-        body: &Value,
-        request: &ImagesRequest,
+        body: &mut Value,
+        request: &mut ImagesRequest,
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
         if self.routes.get(request.model).is_none() {
             return Err(not_offered(request));
         }
-        for (i, source) in request.image_urls.iter().enumerate() {
-            self.check_image_source(i, source)?;
-        }
+        // Written before the task: a crash in between leaves objects no task references, which
+        // the input sweeper removes. The other order could leave a task without its inputs.
+        let inputs = self.store_inputs(body, request).await?;
+        let request = &*request;
         let task_id = uuid::Uuid::new_v4().to_string();
         let sync = !request.answers_at_once();
         let receiver = sync.then(|| self.register_waiter(&task_id));
@@ -246,6 +269,7 @@ impl Tasks {
             api_id: IMAGES_API_ID,
             credential_id: &caller.token_id,
             request: &request_json,
+            inputs: &inputs.digests,
             callback_url: request.callback_url.as_deref(),
             model: request.model.name(),
             reserved,
@@ -255,7 +279,8 @@ impl Tasks {
                 until: lease_until,
             }),
         };
-        // serde_json sorts object keys, so equal bodies hash equal whatever their order.
+        // serde_json sorts object keys, so equal bodies hash equal whatever their order; inputs
+        // are named by their digests, so equal images hash equal and the text hashed is small.
         let hash = idempotency_key.map(|_| sha256_hex(request_json.as_bytes()));
         let window = IDEMPOTENCY_WINDOW.as_millis() as i64;
         let idempotency = idempotency_key
@@ -335,7 +360,11 @@ impl Tasks {
                 };
                 // The workers' loop runs it (and waits for it at shutdown). If the loop has
                 // stopped, the task keeps its lease until it expires, then runs again.
-                if self.handoff.send((claimed, slot)).is_err() {
+                if self
+                    .handoff
+                    .send((claimed, slot, inputs.preloaded))
+                    .is_err()
+                {
                     tracing::warn!(task_id = %task_id, "workers stopped; the task waits for its lease to expire");
                 }
             }

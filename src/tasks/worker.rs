@@ -13,7 +13,8 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::{
-    TaskResult, Tasks, image_error,
+    TaskResult, Tasks,
+    inputs::{Preloaded, load_error},
     output::{Finishing, Mask, OutputError},
 };
 use crate::{
@@ -40,11 +41,11 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
         return;
     };
     let mut running = tokio::task::JoinSet::new();
-    let spawn = |running: &mut tokio::task::JoinSet<()>, task, permit| {
+    let spawn = |running: &mut tokio::task::JoinSet<()>, task, permit, preloaded| {
         let tasks = tasks.clone();
         running.spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
-            execute(tasks, task).await;
+            execute(tasks, task, preloaded).await;
         });
     };
     let mut claim = true;
@@ -73,7 +74,7 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
                 Ok(claimed) => {
                     claimed_all = claimed.len() == slots.len();
                     for (task, slot) in claimed.into_iter().zip(slots.drain(..)) {
-                        spawn(&mut running, task, slot);
+                        spawn(&mut running, task, slot, Preloaded::default());
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not claim tasks"),
@@ -89,8 +90,8 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
         let busy = tasks.slots.available_permits() == 0;
         claim = true;
         tokio::select! {
-            Some((task, slot)) = handed_off.recv() => {
-                spawn(&mut running, task, slot);
+            Some((task, slot, preloaded)) = handed_off.recv() => {
+                spawn(&mut running, task, slot, preloaded);
                 // Nothing new in the queue: no claim for this wake-up.
                 claim = false;
             }
@@ -117,7 +118,9 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
             }
             tokio::select! {
                 Some(_) = running.join_next() => {}
-                Some((task, slot)) = handed_off.recv() => spawn(&mut running, task, slot),
+                Some((task, slot, preloaded)) = handed_off.recv() => {
+                    spawn(&mut running, task, slot, preloaded);
+                }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
@@ -159,7 +162,7 @@ impl Tasks {
 }
 
 #[tracing::instrument(skip_all, fields(task_id = %task.id, trace_id = %task.trace_id))]
-async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
+async fn execute(tasks: Arc<Tasks>, task: ClaimedTask, preloaded: Preloaded) {
     let started = Instant::now();
     // Until this returns, waiters here skip their database polls: the result comes from us (or,
     // if we lose the lease or cannot record it, polling resumes when this guard drops).
@@ -167,7 +170,7 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
     // Stopped when this ends, however it ends: a run cut off at shutdown must not go on
     // renewing a lease that has been handed back.
     let heartbeat = Heartbeat(tokio::spawn(keep_lease(tasks.clone(), task.id.clone())));
-    let (result, images, failed_images) = run_task(&tasks, &task).await;
+    let (result, images, failed_images) = run_task(&tasks, &task, preloaded).await;
 
     let body = result.body.to_string();
     let callback_id = uuid::Uuid::new_v4().to_string();
@@ -249,7 +252,11 @@ async fn keep_lease(tasks: Arc<Tasks>, id: String) {
 }
 
 /// The task's result, with the number of images made and failed (for billing).
-async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> (TaskResult, i64, i64) {
+async fn run_task(
+    tasks: &Tasks,
+    task: &ClaimedTask,
+    preloaded: Preloaded,
+) -> (TaskResult, i64, i64) {
     let fail = |error: ApiError| {
         let result = TaskResult {
             status: error.code.http_status(),
@@ -269,7 +276,7 @@ async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> (TaskResult, i64, i64) {
     }
     let deadline_ms = task.created_at + tasks.settings.task_deadline.as_millis() as i64;
     let remaining = Duration::from_millis((deadline_ms - now_ms()).max(0) as u64);
-    match tokio::time::timeout(remaining, make_images(tasks, task, deadline_ms)).await {
+    match tokio::time::timeout(remaining, make_images(tasks, task, preloaded, deadline_ms)).await {
         Ok(Ok((data, failed))) => {
             let result = TaskResult {
                 status: 200,
@@ -288,6 +295,7 @@ async fn run_task(tasks: &Tasks, task: &ClaimedTask) -> (TaskResult, i64, i64) {
 async fn make_images(
     tasks: &Tasks,
     task: &ClaimedTask,
+    preloaded: Preloaded,
     deadline_ms: i64,
 ) -> Result<(Vec<ImageEntry>, usize), ApiError> {
     let body: Value = serde_json::from_str(&task.request).map_err(|e| {
@@ -314,22 +322,24 @@ async fn make_images(
         ));
     };
 
+    // Loaded once for the task: every image of `count`, and every retry, uses these bytes.
     let loads = request
         .image_urls
         .iter()
-        .map(|source| tasks.fetcher.load_image(source));
+        .map(|source| tasks.load_input(source, &preloaded));
     let mut inputs = Vec::with_capacity(request.image_urls.len());
     for (i, loaded) in join_all(loads).await.into_iter().enumerate() {
-        inputs.push(loaded.map_err(|e| image_error(i, &e))?);
+        inputs.push(loaded.map_err(|e| load_error(Some(i), e))?);
     }
 
     let finishing = Finishing {
         output: request.output,
         mask: match &request.mask {
             None => None,
-            Some(source) => Some(load_mask(tasks, source, inputs.first()).await?),
+            Some(source) => Some(load_mask(tasks, source, &preloaded, inputs.first()).await?),
         },
     };
+    drop(preloaded);
 
     let ratio = request.aspect_ratio.unwrap_or_else(|| {
         inputs
@@ -399,13 +409,13 @@ enum ImageFailure {
 async fn load_mask(
     tasks: &Tasks,
     source: &str,
+    preloaded: &Preloaded,
     first: Option<&InputImage>,
 ) -> Result<Arc<Mask>, ApiError> {
     let mask = tasks
-        .fetcher
-        .load_image(source)
+        .load_input(source, preloaded)
         .await
-        .map_err(|e| ApiError::bad_request(format!("mask cannot be used: {e}.")))?;
+        .map_err(|e| load_error(None, e))?;
     let first = first
         .cloned()
         .ok_or_else(|| ApiError::bad_request("mask needs an image to edit."))?;

@@ -596,6 +596,7 @@ fn ten_credit_task<'a>(
         api_id: "api",
         credential_id: "token",
         request: "{}",
+        inputs: "[]",
         callback_url: None,
         model: "nano-banana",
         reserved: 10,

@@ -8,8 +8,8 @@ use nano_banana::fake::gemini::{FakeGemini, FakeGeminiOptions, Scenario};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Answer, TestApp, answer, application, balance, png, spawn_admin_app, spawn_app, task_count,
-    wait_for_task_of,
+    Answer, TestApp, answer, application, balance, png, spawn_admin_app, spawn_app, stored_input,
+    task_count, wait_for_task_of,
 };
 
 const GENERATE: &str = "/v1beta/models/gemini-2.5-flash-image:generateContent";
@@ -123,9 +123,10 @@ async fn a_prompt_answers_an_inline_png_and_the_task_records_the_translated_requ
         .wait_for_task(answer.body["responseId"].as_str().unwrap())
         .await;
     assert_eq!(record["request"]["action"], "edit");
+    // The image itself went to the image store; the record names it by its SHA-256.
     assert_eq!(
         record["request"]["image_urls"],
-        json!([format!("data:image/png;base64,{}", b64(&photo))])
+        json!([stored_input(&photo)])
     );
 }
 

@@ -466,6 +466,15 @@ pub fn data_uri(bytes: &[u8]) -> String {
     )
 }
 
+/// How a task's record names a `data:` input with these bytes (docs/contract.md).
+pub fn stored_input(bytes: &[u8]) -> String {
+    format!(
+        "{}{}",
+        nano_banana::tasks::inputs::STORED_INPUT,
+        nano_banana::domain::sha256_hex(bytes)
+    )
+}
+
 /// Downloads an image URL and decodes it.
 pub async fn download_image(app: &TestApp, url: &str) -> (String, image::DynamicImage) {
     let response = app.get(url).await;
@@ -484,14 +493,19 @@ pub async fn download_image(app: &TestApp, url: &str) -> (String, image::Dynamic
 /// A loopback HTTP server that answers every GET with the same image bytes.
 pub struct ImageHost {
     pub port: u16,
+    /// How many requests it has answered.
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl ImageHost {
     pub async fn start(bytes: Vec<u8>) -> ImageHost {
         let bytes = bytes::Bytes::from(bytes);
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
         let app = axum::Router::new().fallback(move || {
             let bytes = bytes.clone();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move { ([("content-type", "image/png")], bytes) }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -499,7 +513,7 @@ impl ImageHost {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        ImageHost { port, server }
+        ImageHost { port, hits, server }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -16,6 +16,7 @@ mod generate_content;
 mod hostile;
 mod idempotency;
 mod images;
+mod inputs;
 mod lifecycle;
 mod migrate;
 mod multinode;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Answer, ImageHost, TestApp, answer, application, assert_error, assert_trace_id, balance,
-    callback_receiver, data_uri, download_image, png, spawn_admin_app, spawn_app, task_count,
+    callback_receiver, download_image, png, spawn_admin_app, spawn_app, stored_input, task_count,
     wait_for_task_of,
 };
 
@@ -595,7 +595,7 @@ async fn original_edits_deliver_the_contract_body_to_the_callback_url() {
     assert_eq!(request["action"], "edit");
     assert_eq!(request["via"], "/openai/images/edits");
     assert_eq!(request["callback_url"], receiver.url());
-    assert_eq!(request["image_urls"], json!([data_uri(&photo)]));
+    assert_eq!(request["image_urls"], json!([stored_input(&photo)]));
     assert!(request.get("aspect_ratio").is_none(), "the photo decides");
 
     // A JSON edit of an image URL, async.

@@ -125,6 +125,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4_000, value_name = "N")]
     pub s4_tasks: usize,
 
+    /// S5's server phase sends this many edits (after the warm-up) instead of running for --duration: the database growth measurement of BENCHMARKS.md uses 1000
+    #[arg(long, value_name = "N")]
+    pub s5_requests: Option<usize>,
+
     /// The `nano-banana` binary [default: next to this one]
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
@@ -152,6 +156,7 @@ struct Scale {
     s3_latency: &'static str,
     s4_tasks: usize,
     s5_input: usize,
+    s5_requests: Option<usize>,
     s6_image: usize,
 }
 
@@ -171,6 +176,7 @@ impl Scale {
             s3_latency: "10s",
             s4_tasks: args.s4_tasks.max(1),
             s5_input: 2_000_000,
+            s5_requests: args.s5_requests.map(|n| n.max(1)),
             s6_image: 1_000_000,
         };
         if !args.quick {
@@ -187,6 +193,7 @@ impl Scale {
             s3_latency: "300ms",
             s4_tasks: 20,
             s5_input: 50_000,
+            s5_requests: None,
             s6_image: 100_000,
         })
     }

@@ -293,12 +293,48 @@ impl Bench {
         let server = self
             .server(&fake, ServerSpec::workers(DEFAULT_WORKERS), work, "s5")
             .await?;
+        let database = ServerDatabase::open(work, "s5").await?;
+        let before = database.measure().await?;
         let through = Endpoint::images(&server, edit_body(&inputs), concurrency);
         let s = self
             .phase("S5", "server", concurrency, &server, Some(&fake), &through)
             .await?;
+        let after = database.measure().await?;
+        // The same load with four new images in every request: each is decoded, hashed and
+        // written to the image store (S5 as such sends one image four times, stored once).
+        let distinct = self
+            .phase(
+                "S5",
+                "server, distinct inputs",
+                concurrency,
+                &server,
+                Some(&fake),
+                &through.clone().with_distinct_inputs(),
+            )
+            .await?;
+        let last = database.measure().await?;
+        database.close().await;
         self.ratio("S5", "throughput vs direct (no target)", &s, &d, 0.0);
-        self.report.rows.extend([d, s]);
+        for (inputs, before, after) in [("one image", &before, &after), ("distinct", &after, &last)]
+        {
+            let tasks = after.tasks - before.tasks;
+            if tasks == 0 {
+                continue;
+            }
+            let per_task = (after.bytes - before.bytes) as f64 / tasks as f64;
+            self.report.verdict(
+                "S5",
+                format!("database growth per edit ({}, {inputs})", database.kind),
+                format!(
+                    "{per_task:.0} bytes ({tasks} edits: {} → {} KB)",
+                    before.bytes / 1024,
+                    after.bytes / 1024
+                ),
+                "< 2 KB",
+                Some(per_task < 2048.0),
+            );
+        }
+        self.report.rows.extend([d, s, distinct]);
         Ok(())
     }
 
@@ -391,10 +427,12 @@ impl Bench {
             };
             drive(warmup, endpoint.caller()).await;
         }
-        let stop = if self.scale.quick {
-            Stop::Requests(self.scale.quick_requests)
-        } else {
-            Stop::After(self.scale.duration)
+        let stop = match self.scale.s5_requests {
+            // `--s5-requests`: a fixed number of edits through the server, e.g. the 1,000 of
+            // the database growth measurement (BENCHMARKS.md, S5).
+            Some(n) if scenario == "S5" && via.starts_with("server") => Stop::Requests(n),
+            _ if self.scale.quick => Stop::Requests(self.scale.quick_requests),
+            _ => Stop::After(self.scale.duration),
         };
         let plan = Plan {
             concurrency,
@@ -492,6 +530,10 @@ struct Endpoint {
     /// `None`: a GET.
     body: Option<Bytes>,
     check: Check,
+    /// Distinct inputs (S5): each request overwrites 8 base64 characters in the middle of
+    /// every `data:` input with a request counter, so that no two requests send the same image
+    /// (the server stores each input image once; S5's four inputs are one image).
+    vary: Option<(Arc<[usize]>, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 #[derive(Clone)]
@@ -522,7 +564,31 @@ impl Endpoint {
             headers: reqwest::header::HeaderMap::new(),
             body: body.map(|b| Bytes::from(b.to_string())),
             check: Check::Status,
+            vary: None,
         }
+    }
+
+    /// Makes every request's `data:` inputs different images (see `Endpoint::vary`). The bytes
+    /// changed are in the middle of the PNG's compressed data, which nothing in a benchmark run
+    /// decodes (the server reads the header; the fake does not look at inputs).
+    fn with_distinct_inputs(mut self) -> Endpoint {
+        let Some(body) = &self.body else {
+            return self;
+        };
+        let marker = b";base64,";
+        let mut offsets = Vec::new();
+        let mut from = 0;
+        while let Some(at) = body[from..].windows(marker.len()).position(|w| w == marker) {
+            let start = from + at + marker.len();
+            let len = body[start..].iter().position(|b| *b == b'"').unwrap_or(0);
+            if len > 64 {
+                // A whole 4-character group, so the base64 stays well-formed.
+                offsets.push(start + len / 2 / 4 * 4);
+            }
+            from = start;
+        }
+        self.vary = Some((offsets.into(), Arc::default()));
+        self
     }
 
     /// `POST /v1beta/models/{model}:generateContent` of the fake upstream.
@@ -579,8 +645,20 @@ impl Endpoint {
     }
 
     async fn send(self) -> Result<(), String> {
-        let request = match &self.body {
-            Some(body) => self.client.post(&*self.url).body(body.clone()),
+        let body = match (&self.body, &self.vary) {
+            (Some(body), Some((offsets, counter))) => {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut varied = body.to_vec();
+                for (i, &at) in offsets.iter().enumerate() {
+                    let stamp = BASE64.encode(&((n << 8) | i as u64).to_le_bytes()[..6]);
+                    varied[at..at + 8].copy_from_slice(stamp.as_bytes());
+                }
+                Some(Bytes::from(varied))
+            }
+            (body, _) => body.clone(),
+        };
+        let request = match body {
+            Some(body) => self.client.post(&*self.url).body(body),
             None => self.client.get(&*self.url),
         };
         let answer = request
@@ -646,6 +724,51 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
+/// The database of a benchmark server (`label`), opened beside it: SQLite in its data folder, or
+/// the `NANO_BANANA_DATABASE_URL` the server was given.
+struct ServerDatabase {
+    db: nano_banana::storage::Db,
+    kind: &'static str,
+}
+
+/// The database's size and how many tasks it holds.
+struct DatabaseSize {
+    bytes: i64,
+    tasks: i64,
+}
+
+impl ServerDatabase {
+    async fn open(work: &WorkDir, label: &str) -> anyhow::Result<ServerDatabase> {
+        let url = match std::env::var("NANO_BANANA_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                nano_banana::config::Config::with_data_dir(
+                    &work.path().join(format!("{label}-data")),
+                )
+                .database_url
+            }
+        };
+        let db = nano_banana::storage::Db::connect(&url)
+            .await
+            .context("opening the server's database")?;
+        let kind = db.kind();
+        Ok(ServerDatabase { db, kind })
+    }
+
+    async fn measure(&self) -> anyhow::Result<DatabaseSize> {
+        let bytes = self.db.size_bytes().await.context("the database's size")?;
+        let stats = self.db.queue_stats().await.context("the task counts")?;
+        Ok(DatabaseSize {
+            bytes,
+            tasks: stats.tasks_by_state.iter().map(|(_, n)| n).sum(),
+        })
+    }
+
+    async fn close(&self) {
+        self.db.close().await;
+    }
 }
 
 /// The contract's sync generate request.

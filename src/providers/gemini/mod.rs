@@ -34,7 +34,7 @@ mod wire;
 
 pub use errors::REFUSAL_REASONS;
 use errors::{is_key_invalid, too_large, transport_error, upstream_error};
-use wire::{GenerateContentRequest, parse_success};
+use wire::parse_success;
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 pub const DEFAULT_API_VERSION: &str = "v1beta";
@@ -551,7 +551,7 @@ impl<A> GeminiProvider<A> {
 
 /// The JSON body of a job's call, encoded once for however many calls it takes.
 pub(in crate::providers) fn request_body(job: &ImageJob) -> Result<Bytes, ProviderError> {
-    serde_json::to_vec(&GenerateContentRequest::for_job(job))
+    wire::request_body(job)
         .map(Bytes::from)
         .map_err(|err| ProviderError::InvalidResponse(format!("request encoding: {err}")))
 }

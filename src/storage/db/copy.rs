@@ -318,7 +318,7 @@ struct Table {
 /// Every table, parents before children (the order foreign keys need). A column added by a
 /// migration must be added here too; `copy_into` refuses to run while the schema of either
 /// database has a column this list lacks, so a forgotten one cannot be dropped silently.
-const TABLES: [Table; 8] = {
+const TABLES: [Table; 9] = {
     use Kind::{Int, Text};
     [
         Table {
@@ -387,6 +387,12 @@ const TABLES: [Table; 8] = {
             key: "task_id",
             identity: false,
             columns: &[("task_id", Text), ("request", Text)],
+        },
+        Table {
+            name: "input_objects",
+            key: "digest",
+            identity: false,
+            columns: &[("digest", Text), ("tasks", Int)],
         },
         Table {
             name: "callbacks",

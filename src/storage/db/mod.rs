@@ -413,6 +413,25 @@ impl Db {
         })
     }
 
+    /// How many bytes the database's tables and indexes take: SQLite's pages (those still in
+    /// the write-ahead log included), or PostgreSQL's `pg_total_relation_size` (TOAST and
+    /// indexes included) of every table in the current schema. For the growth checks of
+    /// tests/api/inputs.rs and the benchmark's S5.
+    pub async fn size_bytes(&self) -> Result<i64, DbError> {
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(if pg {
+                "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT) AS n \
+                 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
+                 WHERE s.nspname = current_schema() AND c.relkind = 'r'"
+            } else {
+                "SELECT p.page_count * s.page_size AS n FROM pragma_page_count() p, pragma_page_size() s"
+            })
+            .fetch_one(pool)
+            .await?;
+            Ok(sqlx::Row::try_get(&row, "n")?)
+        })
+    }
+
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite { readers, writer } => {

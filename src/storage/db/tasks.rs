@@ -14,8 +14,9 @@ use sqlx::{Row, sqlite::SqlitePool};
 
 use super::{BeginWrite, DONE_CHANNEL, Db, DbError, Pool, QUEUED_CHANNEL};
 
-/// Binds a `NewTask` as `$1`…`$13` of a task insert (id, trace_id, application_id, user_id,
-/// api_id, credential_id, request, callback_url, now, model, reserved, lease owner, lease end).
+/// Binds a `NewTask` as `$1`…`$14` of a task insert (id, trace_id, application_id, user_id,
+/// api_id, credential_id, request, callback_url, now, model, reserved, lease owner, lease end,
+/// the input digests as a JSON array).
 macro_rules! bind_new_task {
     ($query:expr, $task:expr) => {
         $query
@@ -32,6 +33,7 @@ macro_rules! bind_new_task {
             .bind($task.reserved)
             .bind($task.claim.map(|c| c.owner))
             .bind($task.claim.map(|c| c.until))
+            .bind($task.inputs)
     };
 }
 
@@ -62,6 +64,9 @@ pub struct NewTask<'a> {
     pub api_id: &'a str,
     pub credential_id: &'a str,
     pub request: &'a str,
+    /// The SHA-256 digests of the input images the request names (stored in the image store
+    /// already), as a JSON array of strings without repeats: `[]` for none.
+    pub inputs: &'a str,
     pub callback_url: Option<&'a str>,
     pub model: &'a str,
     /// Credits reserved for the worst case (every image succeeds).
@@ -169,6 +174,9 @@ async fn admit_at_once(writer: &SqlitePool, task: &NewTask<'_>) -> Result<bool, 
          INSERT INTO task_requests (task_id, request) SELECT $1, $7 WHERE changes() = 1; \
          INSERT INTO ledger (application_id, task_id, amount, reason, created_at) \
          SELECT $3, $1, -$11, 'reserve', $9 WHERE changes() = 1 AND $11 > 0; \
+         INSERT INTO input_objects (digest, tasks) SELECT value, 1 FROM json_each($14) \
+         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1) \
+         ON CONFLICT (digest) DO UPDATE SET tasks = tasks + 1; \
          COMMIT;",
     ));
     match bind_new_task!(batch, task)
@@ -290,16 +298,22 @@ impl Db {
                     task.now,
                 )?;
             }
-            // The task and its request (`$7`) in one statement: PostgreSQL wants every bound
-            // parameter used, and SQLite runs the two statements in one trip.
+            // The task, its request (`$7`) and its inputs' counts (`$14`) in one statement:
+            // PostgreSQL wants every bound parameter used, and SQLite runs the statements in one
+            // trip.
             let insert = sqlx::query(if pg {
                 concat!(
                     "WITH task AS (INSERT INTO tasks ",
                     new_task_columns!(),
                     " VALUES (",
                     new_task_values!(),
-                    ") RETURNING id) \
-                     INSERT INTO task_requests (task_id, request) SELECT id, $7 FROM task"
+                    ") RETURNING id), \
+                     request AS (INSERT INTO task_requests (task_id, request) \
+                         SELECT id, $7 FROM task) \
+                     INSERT INTO input_objects (digest, tasks) \
+                     SELECT input.digest, 1 FROM task \
+                     CROSS JOIN json_array_elements_text(CAST($14 AS json)) AS input(digest) \
+                     ON CONFLICT (digest) DO UPDATE SET tasks = input_objects.tasks + 1"
                 )
             } else {
                 concat!(
@@ -307,7 +321,10 @@ impl Db {
                     new_task_columns!(),
                     " VALUES (",
                     new_task_values!(),
-                    "); INSERT INTO task_requests (task_id, request) VALUES ($1, $7)"
+                    "); INSERT INTO task_requests (task_id, request) VALUES ($1, $7); \
+                     INSERT INTO input_objects (digest, tasks) \
+                     SELECT value, 1 FROM json_each($14) WHERE true \
+                     ON CONFLICT (digest) DO UPDATE SET tasks = tasks + 1"
                 )
             });
             bind_new_task!(insert, task).execute(&mut *tx).await?;
@@ -604,6 +621,92 @@ impl Db {
                 oldest_started,
                 durations,
             })
+        })
+    }
+
+    /// Which of `digests` some task's record still uses (the input sweeper keeps those).
+    pub async fn referenced_inputs(
+        &self,
+        digests: &[String],
+    ) -> Result<std::collections::HashSet<String>, DbError> {
+        let mut used = std::collections::HashSet::new();
+        // A JSON array as one parameter: one query per batch on both databases.
+        for batch in digests.chunks(500) {
+            let list = serde_json::to_string(batch).unwrap_or_else(|_| "[]".to_owned());
+            on_pool!(self, |pool, pg| {
+                let rows = sqlx::query(if pg {
+                    "SELECT digest FROM input_objects WHERE tasks > 0 \
+                     AND digest IN (SELECT json_array_elements_text(CAST($1 AS json)))"
+                } else {
+                    "SELECT digest FROM input_objects WHERE tasks > 0 \
+                     AND digest IN (SELECT value FROM json_each($1))"
+                })
+                .bind(&list)
+                .fetch_all(pool)
+                .await?;
+                for row in rows {
+                    used.insert(row.try_get::<String, _>("digest")?);
+                }
+            });
+        }
+        Ok(used)
+    }
+
+    /// Deletes a finished task's record: the task, its request, its callbacks and idempotency
+    /// key, and its uses of input images (`inputs`: the digests its request names, as a JSON
+    /// array without repeats, as `NewTask::inputs` had them): each image's count goes down by
+    /// one, and an image no task uses any more loses its row, so that the input sweeper deletes
+    /// the object once its grace period has passed. The ledger keeps its rows. `false`: no such
+    /// finished task, or its callback is still being delivered; nothing was deleted. (For the
+    /// retention sweeper to come; the inputs' half of the rule is tested now.)
+    pub async fn delete_task_record(&self, id: &str, inputs: &str) -> Result<bool, DbError> {
+        on_writer!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            let deletable = sqlx::query(
+                "SELECT 1 AS one FROM tasks WHERE id = $1 AND state IN ('succeeded', 'failed') \
+                 AND NOT EXISTS (SELECT 1 FROM callbacks \
+                     WHERE task_id = $1 AND state = 'pending')",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if deletable.is_none() {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            // The rows that reference the task first (foreign keys), the task last.
+            for statement in [
+                "DELETE FROM task_requests WHERE task_id = $1",
+                "DELETE FROM callback_attempts WHERE callback_id IN \
+                     (SELECT id FROM callbacks WHERE task_id = $1)",
+                "DELETE FROM callbacks WHERE task_id = $1",
+                "DELETE FROM idempotency_keys WHERE task_id = $1",
+                "DELETE FROM tasks WHERE id = $1",
+            ] {
+                sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+            }
+            for statement in if pg {
+                [
+                    "UPDATE input_objects SET tasks = tasks - 1 \
+                     WHERE digest IN (SELECT json_array_elements_text(CAST($1 AS json)))",
+                    "DELETE FROM input_objects WHERE tasks <= 0 \
+                     AND digest IN (SELECT json_array_elements_text(CAST($1 AS json)))",
+                ]
+            } else {
+                [
+                    "UPDATE input_objects SET tasks = tasks - 1 \
+                     WHERE digest IN (SELECT value FROM json_each($1))",
+                    "DELETE FROM input_objects WHERE tasks <= 0 \
+                     AND digest IN (SELECT value FROM json_each($1))",
+                ]
+            } {
+                sqlx::query(statement)
+                    .bind(inputs)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
         })
     }
 
