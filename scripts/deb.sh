@@ -49,7 +49,7 @@ check() {
     local deb
     deb=$(package_file)
     [[ -f $deb ]] || { say "ERROR: $deb was not built"; exit 1; }
-    command -v curl >/dev/null || apt-get install -y -q curl >/dev/null
+    command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; } >/dev/null
 
     say "installing $deb"
     dpkg --purge nano-banana >/dev/null 2>&1 || true
