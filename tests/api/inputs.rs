@@ -82,9 +82,12 @@ async fn edits_with_four_2_mb_inputs_leave_them_out_of_the_database() {
     eprintln!("database growth: {per_edit} bytes per edit, {per_generation} per generation");
     // An edit costs the database what a generation does, plus its images' names (four of 77
     // characters in its request) and, on PostgreSQL, a new version of each image's count row
-    // until the next vacuum.
+    // until the next vacuum. PostgreSQL grows its ~dozen tables and indexes by 8 KB pages, so
+    // 40 edits measure it only to a couple of KB per edit (BENCHMARKS.md has 1,000 edits:
+    // 1,860 B each); either way, megabytes of images in a row could not pass.
+    let margin = if crate::helpers::scaled() { 4096 } else { 1024 };
     assert!(
-        per_edit < per_generation + 1024,
+        per_edit < per_generation + margin,
         "{per_edit} bytes per edit, {per_generation} per generation"
     );
     if !crate::helpers::scaled() {
