@@ -13,6 +13,7 @@ mod upstreams;
 use crate::{
     accounts::{Accounts, AdminKey},
     config::Config,
+    console::{self, ConsoleSettings},
     domain::RequestLimits,
     fetch::Fetcher,
     http::{self, AppState, Services},
@@ -86,6 +87,10 @@ impl Application {
             settings,
             base_url.clone(),
         );
+        let console_settings = ConsoleSettings {
+            secure_cookies: base_url.starts_with("https://"),
+            max_body_bytes: config.max_body_bytes,
+        };
         let state = AppState::new(Services {
             accounts,
             tasks: tasks.clone(),
@@ -103,7 +108,11 @@ impl Application {
             listener,
             port: local.port(),
             base_url,
-            router: http::router(state, config.max_body_bytes),
+            router: http::router(
+                state,
+                config.max_body_bytes,
+                console::routes(console_settings),
+            ),
             db,
             store,
             tasks,

@@ -7,6 +7,7 @@ mod auth;
 mod billing;
 mod callbacks;
 mod connections;
+mod console;
 mod crash;
 mod gemini;
 mod generate_content;
