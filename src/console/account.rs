@@ -177,8 +177,9 @@ pub fn usage_chart(rows: &[UsageRow], by_application: bool) -> String {
     let (bar, gap, height) = (28i64, 12i64, 120i64);
     let width = days.len() as i64 * (bar + gap) + gap;
     let mut svg = format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {width} {}\" role=\"img\" aria-labelledby=\"chart-title\">\
+        "<svg class=\"chart\" width=\"{}\" viewBox=\"0 0 {width} {}\" role=\"img\" aria-labelledby=\"chart-title\">\
          <title id=\"chart-title\">Images made per day and model, most {max} in a day</title>",
+        (width * 2).max(240),
         height + 30
     );
     for (i, day) in days.iter().enumerate() {

@@ -145,7 +145,7 @@ pub async fn page(
         cards.push_str(&format!(
             "<li class=\"task\"><a href=\"/console/tasks/{id}\">\
              <div class=\"thumbs\">{thumbs}</div>\
-             <span class=\"badge {state}\">{label}</span> <span>{model}</span>\
+             <span class=\"badge {state}\">{label}</span> <span class=\"model\">{model}</span>\
              <time datetime=\"{iso}\">{when}</time></a>{note}</li>",
             id = esc(&task.id),
             state = esc(&task.state),

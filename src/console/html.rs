@@ -94,7 +94,7 @@ impl Page<'_> {
              <link rel=\"stylesheet\" href=\"/console/assets/console.css\">\
              <script src=\"/console/assets/console.js\" defer></script></head>\
              <body><a class=\"skip\" href=\"#main\">Skip to content</a>\
-             <header class=\"top\"><a class=\"brand\" href=\"/\">🍌 nano-banana</a>\
+             <header class=\"top\"><a class=\"brand\" href=\"/\">nano-banana</a>\
              <nav aria-label=\"Main\"><ul>{nav}</ul></nav></header>\
              <main id=\"main\" tabindex=\"-1\"><h1>{title}</h1>{notice}{body}</main></body></html>",
             title = esc(self.title),

@@ -175,7 +175,9 @@
         }
         submit.disabled = false;
         if (task.state === "succeeded") {
-          say("Done in " + seconds + " s" + (task.charged != null ? ", " + task.charged + " credits." : "."));
+          say("Done in " + seconds + " s" + (task.charged != null
+            ? ", " + task.charged + (task.charged === 1 ? " credit." : " credits.")
+            : "."));
           show(task);
         } else {
           say("The task failed: " + (task.error || "no reason was given."), true);
