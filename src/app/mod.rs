@@ -90,6 +90,7 @@ impl Application {
         let console_settings = ConsoleSettings {
             secure_cookies: base_url.starts_with("https://"),
             max_body_bytes: config.max_body_bytes,
+            signup_credits: config.signup_credits,
         };
         let state = AppState::new(Services {
             accounts,

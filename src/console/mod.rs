@@ -37,6 +37,7 @@ mod assets;
 mod gallery;
 mod html;
 mod playground;
+mod signup;
 mod thumbs;
 
 /// What the console needs from configuration.
@@ -46,6 +47,8 @@ pub struct ConsoleSettings {
     pub secure_cookies: bool,
     /// The largest form the playground accepts (uploaded images included).
     pub max_body_bytes: usize,
+    /// `Some`: self-service sign-up is on and gives a new application this many credits.
+    pub signup_credits: Option<i64>,
 }
 
 const SESSION_COOKIE: &str = "nb_session";
@@ -62,6 +65,7 @@ pub fn routes(settings: ConsoleSettings) -> Router<AppState> {
             get(playground::sign_in_page).post(playground::sign_in),
         )
         .route("/console/sign-out", post(playground::sign_out))
+        .route("/console/sign-up", get(signup::page).post(signup::sign_up))
         .route("/console/generate", post(playground::generate))
         .route("/console/tasks/{id}/state", get(playground::task_state))
         .route("/console/tasks/{id}", get(gallery::task_page))

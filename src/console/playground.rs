@@ -59,6 +59,11 @@ fn sign_in_form(
     notice: Option<Notice>,
 ) -> Response {
     let check = presign_value();
+    let signup = if settings.signup_credits.is_some() {
+        "<p class=\"help\">No token yet? <a href=\"/console/sign-up\">Create an application</a>.</p>"
+    } else {
+        ""
+    };
     let body = format!(
         "<form method=\"post\" action=\"/console/sign-in\" class=\"card narrow\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{check}\">\
@@ -67,7 +72,7 @@ fn sign_in_form(
            required spellcheck=\"false\" aria-describedby=\"token-help\">\
          <p id=\"token-help\" class=\"help\">The token your administrator gave you (it starts \
            with <code>nb-</code>). It is kept in a cookie this browser never shows to scripts.</p>\
-         <button type=\"submit\">Sign in</button></form>"
+         <button type=\"submit\">Sign in</button>{signup}</form>"
     );
     let mut response = Page {
         title: "Sign in",

@@ -44,6 +44,7 @@ pub mod submit;
 mod tasks;
 
 pub use error::HttpError;
+pub use server::PeerAddr;
 
 /// What every handler may use: one reference count, cloned per request by axum's `State`.
 #[derive(Clone)]

@@ -913,3 +913,100 @@ async fn sign_in_refused(base: &str, token: &str) -> u16 {
     .status()
     .as_u16()
 }
+
+/// Submits the sign-up form as a browser does: the status, the page and the session cookie.
+async fn sign_up(base: &str, name: &str) -> (u16, String, Option<String>) {
+    let page = get(base, "/console/sign-up", "").await;
+    assert_eq!(page.status(), 200);
+    let presign = set_cookie(&page, "nb_presign").unwrap();
+    let presign = presign.split(';').next().unwrap().to_owned();
+    let check = csrf_in(&page.text().await.unwrap());
+    let answer = post_form(
+        base,
+        "/console/sign-up",
+        &presign,
+        &[("csrf", &check), ("name", name)],
+    )
+    .await;
+    let cookie = set_cookie(&answer, "nb_session").map(|c| c.split(';').next().unwrap().to_owned());
+    (
+        answer.status().as_u16(),
+        answer.text().await.unwrap(),
+        cookie,
+    )
+}
+
+#[tokio::test]
+async fn sign_up_is_off_unless_asked_for_then_limited_per_address() {
+    let plain = spawn_app().await;
+    assert_eq!(
+        get(&plain.address, "/console/sign-up", "").await.status(),
+        404
+    );
+    assert_eq!(
+        post_form(&plain.address, "/console/sign-up", "", &[("name", "x")])
+            .await
+            .status(),
+        404
+    );
+    let signin = get(&plain.address, "/console/sign-in", "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!signin.contains("/console/sign-up"));
+
+    let app = spawn_app_with(|c| c.signup_credits = Some(500)).await;
+    let signin = get(&app.address, "/console/sign-in", "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(signin.contains("/console/sign-up"));
+    // Without the form's check value: refused, nothing made.
+    let answer = post_form(
+        &app.address,
+        "/console/sign-up",
+        "nb_presign=a",
+        &[("csrf", "b"), ("name", "x")],
+    )
+    .await;
+    assert_eq!(answer.status(), 403);
+
+    let (status, html, cookie) = sign_up(&app.address, "Ada's <studio>").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("Ada&#39;s &lt;studio&gt;"));
+    let at = html.find("<code id=\"token-value\">").unwrap() + 23;
+    let token = html[at..].split('<').next().unwrap().to_owned();
+    let made = app
+        .post(
+            "/nano-banana/images",
+            Some(&token),
+            json!({"prompt": "x", "async": true}).to_string(),
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    // Signed in with it: the account is the new application's, with its credits.
+    let cookie = cookie.expect("signed in");
+    let account = get(&app.address, "/console/account", &cookie)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(account.contains("Ada&#39;s &lt;studio&gt;"), "{account}");
+    assert!(account.contains("<span id=\"credits\">"), "{account}");
+
+    // Two at once per address, then one a minute: the third is refused, the name kept.
+    let (status, _, _) = sign_up(&app.address, "second").await;
+    assert_eq!(status, 200);
+    let (status, html, cookie) = sign_up(&app.address, "third one").await;
+    assert_eq!(status, 429);
+    assert!(cookie.is_none());
+    assert!(
+        html.contains("Too many sign-ups from your address"),
+        "{html}"
+    );
+    assert!(html.contains("value=\"third one\""));
+    let (status, html, _) = sign_up(&app.address, " ").await;
+    assert!(status == 400 || status == 429, "{status}: {html}");
+}
