@@ -17,6 +17,7 @@ use super::{
     account::usage_chart,
     cookie, csrf_refused, csrf_token,
     html::{self, Nav, Notice, Page, esc},
+    playground::capitalize,
     presign_ok, presign_value, same, set_cookie,
 };
 use crate::{
@@ -298,17 +299,9 @@ async fn change(
     match outcome {
         Ok(_) => Redirect::to(&format!("/console/admin?done={done}")).into_response(),
         Err((status, message)) => {
-            let message = format!("Not done: {}", capitalize_first(&message));
+            let message = format!("Not done: {}", capitalize(&message));
             admin_page(state, &expected, Some(Notice::Error(message)), status).await
         }
-    }
-}
-
-fn capitalize_first(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(c) => c.to_uppercase().chain(chars).collect(),
-        None => String::new(),
     }
 }
 

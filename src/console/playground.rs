@@ -30,7 +30,6 @@ pub struct SignInQuery {
 }
 
 pub async fn sign_in_page(
-    State(state): State<AppState>,
     Extension(settings): Settings,
     Query(query): Query<SignInQuery>,
     session: Result<Session, NoSession>,
@@ -45,19 +44,11 @@ pub async fn sign_in_page(
         Some("unavailable") => Some("The server could not check your token just now: try again."),
         _ => None,
     };
-    sign_in_form(
-        &state,
-        &settings,
-        notice.map(|n| Notice::Error(n.to_owned())),
-    )
+    sign_in_form(&settings, notice.map(|n| Notice::Error(n.to_owned())))
 }
 
 /// The sign-in page with a fresh double-submit value (cookie and hidden field).
-fn sign_in_form(
-    _state: &AppState,
-    settings: &super::ConsoleSettings,
-    notice: Option<Notice>,
-) -> Response {
+fn sign_in_form(settings: &super::ConsoleSettings, notice: Option<Notice>) -> Response {
     let check = presign_value();
     let signup = if settings.signup_credits.is_some() {
         "<p class=\"help\">No token yet? <a href=\"/console/sign-up\">Create an application</a>.</p>"
@@ -123,7 +114,7 @@ pub async fn sign_in(
         }
     };
     if let Some(message) = refused {
-        let mut response = sign_in_form(&state, &settings, Some(Notice::Error(message.into())));
+        let mut response = sign_in_form(&settings, Some(Notice::Error(message.into())));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     }
@@ -479,7 +470,8 @@ async fn make_task(
     Ok(submitted.task_id)
 }
 
-fn capitalize(text: &str) -> String {
+/// `text` with its first letter in upper case (the domain's messages start in lower case).
+pub(super) fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
