@@ -175,11 +175,12 @@ pub fn usage_chart(rows: &[UsageRow], by_application: bool) -> String {
         .unwrap_or(0)
         .max(1);
     let (bar, gap, height) = (28i64, 12i64, 120i64);
-    let width = days.len() as i64 * (bar + gap) + gap;
+    // At least 240 units wide: a chart of one or two days stays a chart, not a tall bar.
+    let width = (days.len() as i64 * (bar + gap) + gap).max(240);
     let mut svg = format!(
         "<svg class=\"chart\" width=\"{}\" viewBox=\"0 0 {width} {}\" role=\"img\" aria-labelledby=\"chart-title\">\
          <title id=\"chart-title\">Images made per day and model, most {max} in a day</title>",
-        (width * 2).max(240),
+        width * 2,
         height + 30
     );
     for (i, day) in days.iter().enumerate() {

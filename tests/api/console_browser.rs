@@ -105,14 +105,17 @@ async fn generate(browser: &Browser, prompt: &str, previous: Option<&str>) -> St
     browser.click(&browser.find("#submit").await).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let links = browser
-            .find_all("#results figcaption a[href^='/console/tasks/']")
+        // Read in the page in one go: the script replaces the results as the task moves on.
+        let hrefs = browser
+            .run(
+                "return Array.from(document.querySelectorAll(\
+                 \"#results figcaption a[href^='/console/tasks/']\")).map(a => a.getAttribute('href'));",
+            )
             .await;
-        if let Some(link) = links.first() {
-            let href = browser.attribute(link, "href").await.unwrap_or_default();
-            if Some(href.as_str()) != previous {
-                return href;
-            }
+        if let Some(href) = hrefs.get(0).and_then(Value::as_str)
+            && Some(href) != previous
+        {
+            return href.to_owned();
         }
         assert!(std::time::Instant::now() < deadline, "no result appeared");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -191,17 +191,6 @@ impl Browser {
         text.as_str().unwrap_or_default().to_owned()
     }
 
-    pub async fn attribute(&self, element: &Element, name: &str) -> Option<String> {
-        let value = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/element/{}/attribute/{name}", element.0),
-                None,
-            )
-            .await;
-        value.as_str().map(str::to_owned)
-    }
-
     /// Runs `script` (a function body) in the page and returns its result.
     pub async fn run(&self, script: &str) -> Value {
         self.call(
