@@ -89,8 +89,46 @@ fi
 export NANO_BANANA_TEST_PYTHON
 say "the SDK tests use $NANO_BANANA_TEST_PYTHON"
 
-say "pass 1: cargo test --workspace (SQLite + local folder; S3, Redis and multi-node tests)"
-cargo test --workspace "$@"
+# What the tests leave in the shared PostgreSQL and Redis (a schema, a key prefix per test) is
+# noted in this file (crates/testkit/src/leftovers.rs) and removed when the run ends, passed or
+# failed: only what this run made, so runs beside it keep theirs.
+leftovers=$(mktemp "${TMPDIR:-/tmp}/nano-banana-leftovers.XXXXXX")
+export NANO_BANANA_TEST_LEFTOVERS=$leftovers
+remove_leftovers() {
+    local schemas prefixes removed_keys=0
+    schemas=$(awk '$1 == "schema" && $2 ~ /^[a-z0-9_]+$/ {print $2}' "$leftovers" | sort -u)
+    prefixes=$(awk '$1 == "redis-prefix" {print $2}' "$leftovers" | sort -u)
+    if [[ -n $schemas ]]; then
+        { echo "SET client_min_messages = warning;"
+          for schema in $schemas; do echo "DROP SCHEMA IF EXISTS $schema CASCADE;"; done
+        } | psql -q -X -v ON_ERROR_STOP=0 "$database_url" >/dev/null ||
+            say "WARNING: some test schemas could not be dropped"
+    fi
+    if [[ -n $prefixes ]]; then
+        # One scan over the test keys; delete those under a prefix this run noted.
+        local keys
+        keys=$(redis-cli -u "$redis_url" --scan --pattern 'nb-test:*' |
+            awk 'NR == FNR {p[$0]; next} {split($0, a, ":"); if ((a[1] ":" a[2] ":") in p) print}' \
+                <(echo "$prefixes") -)
+        if [[ -n $keys ]]; then
+            removed_keys=$(echo "$keys" | wc -l)
+            echo "$keys" | xargs -r -n 500 redis-cli -u "$redis_url" DEL >/dev/null ||
+                say "WARNING: some test keys could not be removed from Redis"
+        fi
+    fi
+    say "removed this run's leftovers: $(echo "$schemas" | grep -c . || true) PostgreSQL schemas, $removed_keys Redis keys"
+    rm -f "$leftovers"
+}
 
-say "pass 2: the API suite on PostgreSQL + S3 + Redis"
-NANO_BANANA_TEST_STACK=scaled cargo test "$@" --test api
+run_passes() {
+    say "pass 1: cargo test --workspace (SQLite + local folder; S3, Redis and multi-node tests)"
+    # Called where errexit does not apply (`||`): each failure returns by itself.
+    cargo test --workspace "$@" || return
+
+    say "pass 2: the API suite on PostgreSQL + S3 + Redis"
+    NANO_BANANA_TEST_STACK=scaled cargo test "$@" --test api || return
+}
+status=0
+run_passes "$@" || status=$?
+remove_leftovers
+exit "$status"

@@ -178,6 +178,15 @@ impl ApiError {
         ApiError::new(ErrorCode::ApiError, "Internal server error.")
     }
 
+    /// `api_error` for a dependency that is down for now (the database): the client may try
+    /// again shortly. The cause goes to the log.
+    pub fn unavailable(dependency: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::ApiError,
+            format!("The {dependency} is unavailable right now; try again shortly."),
+        )
+    }
+
     /// `{"success": false, "task_id"?, "trace_id", "error": {"code", "message"}}`.
     pub fn body(&self, trace_id: &str, task_id: Option<&str>) -> Value {
         let mut body = Map::new();

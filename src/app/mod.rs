@@ -18,7 +18,7 @@ use crate::{
     fetch::Fetcher,
     http::{self, AppState, Services},
     limits::{RateLimiter, RedisLimiter},
-    storage::{Db, ImageStore},
+    storage::{Db, ImageStore, db::DbOptions},
     tasks::{TaskSettings, Tasks},
     telemetry::redact_url,
 };
@@ -49,9 +49,15 @@ impl Application {
     ) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
-        let db = Db::connect(&config.database_url).await.with_context(|| {
-            format!("opening the database {}", redact_url(&config.database_url))
-        })?;
+        let db_options = DbOptions {
+            pool_size: config.database_pool_size,
+            ..DbOptions::default()
+        };
+        let db = Db::connect_with(&config.database_url, db_options)
+            .await
+            .with_context(|| {
+                format!("opening the database {}", redact_url(&config.database_url))
+            })?;
         // Not contacted here: a store that is down at start is reported by readiness, and a
         // request that needs it then fails with a clear error rather than the whole server.
         let store = ImageStore::open(&config.storage, config.image_urls.clone())
@@ -154,15 +160,19 @@ impl Application {
     }
 
     /// Serves until `signal` completes; then stops accepting, lets running tasks finish within
-    /// the grace period, and returns.
+    /// the grace period, and returns. The whole stop fits in `--shutdown-grace`: running tasks
+    /// get the grace less a reserve (a quarter of it, at most a second), in which unfinished
+    /// tasks go back to the queue, the sync requests still waiting are answered (their tasks
+    /// continue elsewhere) and the connections close.
     pub async fn run_until_stopped(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
+        let reserve = (self.shutdown_grace / 4).min(Duration::from_secs(1));
         let background = self
             .tasks
-            .spawn_background(stopped.clone(), self.shutdown_grace);
+            .spawn_background(stopped.clone(), self.shutdown_grace - reserve);
         // Connections share the router (a reference count each): no route table per connection.
         let server = crate::http::server::serve(
             self.listener,
@@ -176,15 +186,20 @@ impl Application {
             "shutting down: no new requests; running tasks get {:?}",
             self.shutdown_grace
         );
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         let _ = stop.send(true);
         let _ = background.await;
-        // Open sync requests whose tasks were put back cannot be answered by this process;
-        // do not let them hold the shutdown.
-        match tokio::time::timeout(Duration::from_secs(5), server).await {
+        // Every waiting request has been answered by now; what is left is writing the answers
+        // and closing the connections. A client that stops reading must not hold the shutdown.
+        let closing = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(200));
+        match tokio::time::timeout(closing, server).await {
             Ok(Ok(())) | Err(_) => {}
             Ok(Err(e)) => return Err(e).context("the HTTP server task failed"),
         }
-        self.db.close().await;
+        // Bounded too: a connection still checked out (an aborted request) is not waited for.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.db.close()).await;
         Ok(())
     }
 }

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 
+    /// PostgreSQL connections per process; with several nodes, keep nodes × this under the server's max_connections (SQLite: readers, at most 8, beside its one writer) [default: 16]
+    #[arg(long, env = "NANO_BANANA_DATABASE_POOL_SIZE", value_name = "N")]
+    pub database_pool_size: Option<u32>,
+
     /// Base of the image URLs handed to clients, e.g. https://img.example.com [default: http://LISTEN]
     #[arg(long, env = "NANO_BANANA_PUBLIC_BASE_URL", value_name = "URL")]
     pub public_base_url: Option<String>,
@@ -227,7 +231,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
     pub request_head_timeout: Option<u64>,
 
-    /// Grace period for running tasks on SIGTERM/SIGINT, in seconds [default: 30]
+    /// The longest a stop (SIGTERM/SIGINT) takes: running tasks may finish within it, the rest go back to the queue, in seconds [default: 30]
     #[arg(long, env = "NANO_BANANA_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
 
@@ -249,7 +253,7 @@ pub struct ServeArgs {
     )]
     pub admin_key: Option<String>,
 
-    /// Share rate limits among all nodes through this Redis: redis://[USER:PASSWORD@]HOST[:PORT][/DB] [default: each process limits on its own]
+    /// Share rate limits among all nodes through this Redis: redis://[USER:PASSWORD@]HOST[:PORT][/DB], or rediss://… for TLS (verified against the system's roots, or --redis-ca-file) [default: each process limits on its own]
     #[arg(
         long,
         env = "NANO_BANANA_REDIS_URL",
@@ -257,6 +261,10 @@ pub struct ServeArgs {
         value_name = "URL"
     )]
     pub redis_url: Option<String>,
+
+    /// The CA certificate(s), PEM, that a rediss:// server's certificate must chain to, instead of the system's roots (a managed Redis with a private CA)
+    #[arg(long, env = "NANO_BANANA_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Put before every Redis key, so deployments can share one Redis [default: nano-banana:]
     #[arg(long, env = "NANO_BANANA_REDIS_PREFIX", value_name = "PREFIX")]
@@ -289,6 +297,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// Connections per process (`--database-pool-size`).
+    pub database_pool_size: u32,
     /// `None`: derived from the bound address once listening.
     pub public_base_url: Option<String>,
     /// Where images are stored. `Debug` leaves S3 credentials out.
@@ -359,6 +369,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_pool_size", &self.database_pool_size)
             .field("public_base_url", &self.public_base_url)
             .field("storage", &self.storage)
             .field("image_urls", &self.image_urls)
@@ -391,6 +402,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: data_dir.to_path_buf(),
             database_url: default_database_url(data_dir),
+            database_pool_size: 16,
             public_base_url: None,
             storage: StorageConfig::Local(data_dir.join("images")),
             image_urls: ImageUrls::Route,
@@ -491,6 +503,12 @@ impl Config {
             ($field:ident) => {
                 flags.$field.or(file.$field)
             };
+        }
+        if let Some(n) = take!(database_pool_size) {
+            if n == 0 {
+                bail!("--database-pool-size must be at least 1");
+            }
+            config.database_pool_size = n;
         }
         if let Some(n) = take!(workers) {
             config.workers = n;
@@ -593,11 +611,19 @@ impl Config {
         if let Some(url) = take!(redis_url).filter(|u| !u.is_empty()) {
             let mut redis = RedisSettings::new(url);
             let scheme = redis.url.split_once("://").map(|(scheme, _)| scheme);
-            if scheme != Some("redis") {
+            if !matches!(scheme, Some("redis" | "rediss")) {
                 bail!(
-                    "--redis-url {} must start with redis:// (TLS, rediss://, is not supported)",
+                    "--redis-url {} must start with redis:// (or rediss:// for TLS)",
                     redis.redacted_url()
                 );
+            }
+            if let Some(path) = take!(redis_ca_file) {
+                if scheme != Some("rediss") {
+                    bail!("--redis-ca-file is for a rediss:// (TLS) --redis-url");
+                }
+                let pem = std::fs::read(&path)
+                    .with_context(|| format!("reading --redis-ca-file {}", path.display()))?;
+                redis.ca_pem = Some(pem);
             }
             if let Some(prefix) = take!(redis_prefix) {
                 redis.prefix = prefix;
@@ -956,7 +982,7 @@ mod tests {
 
     #[test]
     fn a_non_redis_url_is_refused_without_showing_its_password() {
-        for url in ["rediss://:tls-secret@h:6380", "http://:tls-secret@h"] {
+        for url in ["http://:tls-secret@h", "unix://:tls-secret@h"] {
             let error = Config::merge(
                 ServeArgs {
                     redis_url: Some(url.into()),
@@ -972,6 +998,73 @@ mod tests {
         }
         let bad_mode: Result<ServeArgs, _> = toml::from_str(r#"redis_failure_mode = "maybe""#);
         assert!(bad_mode.is_err());
+    }
+
+    #[test]
+    fn rediss_is_taken_and_a_ca_file_only_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let tls = |url: &str, ca_file: Option<PathBuf>| {
+            Config::merge(
+                ServeArgs {
+                    redis_url: Some(url.into()),
+                    redis_ca_file: ca_file,
+                    ..ServeArgs::default()
+                },
+                ServeArgs::default(),
+                None,
+            )
+        };
+        let redis = tls("rediss://:pw@h:6380", Some(ca.clone()))
+            .unwrap()
+            .redis
+            .unwrap();
+        assert_eq!(
+            redis.ca_pem.as_deref(),
+            Some(&b"-----BEGIN CERTIFICATE-----\n"[..])
+        );
+        assert!(
+            tls("rediss://h:6380", None)
+                .unwrap()
+                .redis
+                .unwrap()
+                .ca_pem
+                .is_none()
+        );
+        let error = tls("redis://h:6379", Some(ca)).unwrap_err().to_string();
+        assert!(
+            error.contains("--redis-ca-file is for a rediss://"),
+            "{error}"
+        );
+        let error = tls("rediss://h:6380", Some(dir.path().join("missing.pem"))).unwrap_err();
+        assert!(format!("{error:#}").contains("missing.pem"), "{error:#}");
+    }
+
+    #[test]
+    fn the_database_pool_size_is_taken_and_zero_refused() {
+        let sized = |n: u32| {
+            Config::merge(
+                ServeArgs {
+                    database_pool_size: Some(n),
+                    ..ServeArgs::default()
+                },
+                ServeArgs::default(),
+                None,
+            )
+        };
+        assert_eq!(sized(40).unwrap().database_pool_size, 40);
+        assert_eq!(
+            Config::merge(ServeArgs::default(), ServeArgs::default(), None)
+                .unwrap()
+                .database_pool_size,
+            16
+        );
+        let error = sized(0).unwrap_err().to_string();
+        assert!(
+            error.contains("--database-pool-size must be at least 1"),
+            "{error}"
+        );
     }
 
     #[test]

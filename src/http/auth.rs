@@ -71,7 +71,11 @@ pub fn auth_error(trace_id: &str, error: AuthError) -> ApiError {
         AuthError::Disabled => ErrorCode::Disabled,
         AuthError::Lookup(e) => {
             tracing::error!(error = %e, trace_id = %trace_id, "token lookup failed");
-            return ApiError::internal();
+            return if e.is_unavailable() {
+                ApiError::unavailable("database")
+            } else {
+                ApiError::internal()
+            };
         }
     };
     ApiError::new(code, error.to_string())

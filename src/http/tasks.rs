@@ -26,7 +26,15 @@ pub async fn retrieve(
         .map_err(|e| HttpError::new(&trace_id, ApiError::bad_request(e.0)))?;
     let internal = |e: crate::tasks::TaskError| {
         tracing::error!(error = %e, trace_id = %trace_id, "task lookup failed");
-        HttpError::new(&trace_id, ApiError::internal())
+        let unavailable = matches!(&e, crate::tasks::TaskError::Db(db) if db.is_unavailable());
+        HttpError::new(
+            &trace_id,
+            if unavailable {
+                ApiError::unavailable("database")
+            } else {
+                ApiError::internal()
+            },
+        )
     };
     let answer = match request {
         TasksRequest::Retrieve { id } => {

@@ -53,8 +53,11 @@ impl std::fmt::Display for FailureMode {
 /// How to reach Redis. `Debug` hides the URL's password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host[:port][/db]` (no TLS: `rediss://` is refused at startup).
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS.
     pub url: String,
+    /// With `rediss://`: the CA certificates (PEM) the server's certificate must chain to, in
+    /// place of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
     /// Put before every key, so that several deployments can share one Redis.
     pub prefix: String,
     pub failure_mode: FailureMode,
@@ -69,6 +72,7 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>) -> RedisSettings {
         RedisSettings {
             url: url.into(),
+            ca_pem: None,
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             failure_mode: FailureMode::default(),
             timeout: DEFAULT_REDIS_TIMEOUT,
@@ -85,6 +89,7 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &self.redacted_url())
+            .field("ca_pem", &self.ca_pem.as_ref().map(|pem| pem.len()))
             .field("prefix", &self.prefix)
             .field("failure_mode", &self.failure_mode)
             .field("timeout", &self.timeout)
@@ -104,7 +109,17 @@ impl RedisLimiter {
     /// Prepares the connection without opening it: a Redis that is down at startup is handled
     /// like one that goes down later (the failure mode), and reconnection is automatic.
     pub fn new(settings: RedisSettings) -> Result<RedisLimiter, LimiterError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = match &settings.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )?,
+            // `rediss://` without a CA file: the system's roots (rustls-native-certs).
+            None => redis::Client::open(settings.url.as_str())?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))

@@ -40,6 +40,28 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed: the store was unreachable or answered a server
+    /// error (after `object_store`'s own retries), or the disk is full; not a bad key, refused
+    /// credentials, a missing bucket or a folder we may not write.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Backend(e) => matches!(e, object_store::Error::Generic { .. }),
+            StoreError::Write(e) => {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) || e.raw_os_error() == Some(libc::EIO)
+            }
+            StoreError::Unavailable(_) => true,
+            StoreError::NotFound | StoreError::InvalidKey | StoreError::Setup(_) => false,
+        }
+    }
+}
+
 /// Where images live: the value of `--storage`, parsed. A folder path (or `file:///abs/path`),
 /// or `s3://BUCKET[/PREFIX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,6 +398,29 @@ impl ImageStore {
         }
     }
 
+    /// `url` signed afresh when it is a presigned URL of this store (`--s3-signed-urls`) that has
+    /// expired at `now` (Unix seconds) or expires within a quarter of its validity (at most a
+    /// minute): a task retrieved after its URL expired gets one that works. `None` when nothing
+    /// needs doing: URLs are not signed, the URL is still good, or it is not one of ours.
+    pub async fn resigned(&self, url: &str, now: i64) -> Option<String> {
+        let ImageUrls::Signed(valid_for) = self.urls else {
+            return None;
+        };
+        let expires = presigned_expiry(url)?;
+        let margin = (valid_for / 4).min(Duration::from_secs(60)).as_secs() as i64;
+        if expires - margin > now {
+            return None;
+        }
+        let key = ImageStore::key_in_url(url)?;
+        match self.image_url("", &key).await {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sign an image URL again");
+                None
+            }
+        }
+    }
+
     /// Whether the store answers and lets us in (readiness): lists a probe prefix that is
     /// normally empty. An empty answer is fine; an unreachable endpoint, refused credentials or
     /// a missing bucket are errors. (A `head` would not do: S3 answers 404 for a missing bucket
@@ -560,6 +605,48 @@ fn content_type_for(key: &str) -> &'static str {
     }
 }
 
+/// When a SigV4 presigned URL stops working, in Unix seconds: its `X-Amz-Date`
+/// (`YYYYMMDDTHHMMSSZ`) plus its `X-Amz-Expires`.
+fn presigned_expiry(url: &str) -> Option<i64> {
+    let parsed = url::Url::parse(url).ok()?;
+    let (mut signed_at, mut expires) = (None, None);
+    for (name, value) in parsed.query_pairs() {
+        match &*name {
+            "X-Amz-Date" => signed_at = amz_date(&value),
+            "X-Amz-Expires" => expires = value.parse::<i64>().ok(),
+            _ => {}
+        }
+    }
+    Some(signed_at? + expires?)
+}
+
+/// `YYYYMMDDTHHMMSSZ` (UTC) in Unix seconds.
+fn amz_date(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
+    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::TryStreamExt;
@@ -698,6 +785,26 @@ mod tests {
             !shown.contains("s3cr3t-value") && !shown.contains("AKIDEXAMPLE"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn presigned_urls_tell_when_they_expire() {
+        // 2026-12-06 10:45:00 UTC is 1796553900.
+        let url = "https://s3.example.com/b/k.png?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                   &X-Amz-Date=20261206T104500Z&X-Amz-Expires=300&X-Amz-Signature=ab";
+        assert_eq!(presigned_expiry(url), Some(1_796_553_900 + 300));
+        assert_eq!(amz_date("19700101T000000Z"), Some(0));
+        assert_eq!(amz_date("20000229T235959Z"), Some(951_868_799));
+        for broken in [
+            "2026-12-06T10:45:00Z",
+            "20261306T104500Z",
+            "20261206T104500",
+            "",
+        ] {
+            assert_eq!(amz_date(broken), None, "{broken}");
+        }
+        assert_eq!(presigned_expiry("https://cdn.example.com/k.png"), None);
+        assert_eq!(presigned_expiry("not a url"), None);
     }
 
     #[tokio::test]

@@ -18,7 +18,11 @@ use crate::{
 /// most the callback timeout, so it cannot hold up the others.
 const CONCURRENT_DELIVERIES: usize = 32;
 
-pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(
+    tasks: Arc<Tasks>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: std::time::Duration,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES));
     let mut running = tokio::task::JoinSet::new();
     loop {
@@ -64,9 +68,10 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => {}
         }
     }
-    // In-flight deliveries are short (bounded by the timeout); an interrupted one is simply
-    // attempted again by the next process, which is what at-least-once allows.
-    let _ = tokio::time::timeout(tasks.settings.callback_timeout, async {
+    // In-flight deliveries are short (bounded by the timeout, and by the shutdown's grace); an
+    // interrupted one is attempted again by another node or the next start, which is what
+    // at-least-once allows.
+    let _ = tokio::time::timeout(tasks.settings.callback_timeout.min(grace), async {
         while running.join_next().await.is_some() {}
     })
     .await;
@@ -145,7 +150,11 @@ async fn deliver(tasks: &Tasks, callback: CallbackRow) {
         latency_ms,
         error: error.as_deref(),
     };
-    if let Err(e) = tasks.db.record_callback_attempt(&record, outcome).await {
+    let recorded = super::until_written("a callback attempt", || {
+        tasks.db.record_callback_attempt(&record, outcome)
+    })
+    .await;
+    if let Err(e) = recorded {
         // The lease expires and the attempt is made again: a duplicate, never a loss.
         tracing::error!(error = %e, "could not record a callback attempt");
     }

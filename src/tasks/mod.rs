@@ -118,6 +118,9 @@ pub struct Tasks {
     /// Tasks claimed at admission, with their slot, for the workers' loop to run.
     handoff: mpsc::UnboundedSender<(ClaimedTask, OwnedSemaphorePermit)>,
     handed_off: Mutex<Option<mpsc::UnboundedReceiver<(ClaimedTask, OwnedSemaphorePermit)>>>,
+    /// Turns true when this process has stopped running tasks (shutdown, after the grace
+    /// period): sync requests still waiting here are answered with where their task stands.
+    closing: watch::Sender<bool>,
 }
 
 impl Tasks {
@@ -148,11 +151,13 @@ impl Tasks {
             slots,
             handoff,
             handed_off: Mutex::new(Some(handed_off)),
+            closing: watch::Sender::new(false),
         })
     }
 
     /// Starts the workers and the callback deliverer; they stop when `shutdown` turns true,
     /// after running tasks finish or `grace` passes (then their tasks go back to the queue).
+    /// Then the sync requests still waiting here are answered (`wait`), and the handle ends.
     pub fn spawn_background(
         self: &Arc<Self>,
         shutdown: watch::Receiver<bool>,
@@ -165,11 +170,25 @@ impl Tasks {
         } else {
             tokio::spawn(async {})
         };
-        let deliverer = tokio::spawn(callbacks::run(self.clone(), shutdown.clone()));
-        let listener = tokio::spawn(listen(self.clone(), shutdown));
+        let deliverer = tokio::spawn(callbacks::run(self.clone(), shutdown.clone(), grace));
+        // Kept until the workers have stopped: while they drain, a sync request waiting here
+        // for a task another node runs is still answered when that node finishes it.
+        let listener = tokio::spawn(listen(self.clone()));
+        let tasks = self.clone();
+        let mut stopping = shutdown;
         tokio::spawn(async move {
+            until_closed(&mut stopping).await;
+            let deadline = tokio::time::Instant::now() + grace;
             let _ = workers.await;
             let _ = deliverer.await;
+            // Sync requests still waiting here are for tasks that now run elsewhere (or wait in
+            // the queue): answered as those finish (the listener still runs), for what is left
+            // of the grace; then with an error that names the task (`stopped_waiting`).
+            while !tasks.lock_waiters().is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tasks.closing.send_replace(true);
+            listener.abort();
             let _ = listener.await;
         })
     }
@@ -292,13 +311,18 @@ impl Tasks {
                 let receiver = sync.then(|| self.register_waiter(&original));
                 return Ok(Submitted {
                     task_id: original,
+                    trace_id: trace_id.to_owned(),
                     receiver,
                     replayed: true,
                 });
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not record a new task");
-                return Err(ApiError::internal());
+                return Err(if e.is_unavailable() {
+                    ApiError::unavailable("database")
+                } else {
+                    ApiError::internal()
+                });
             }
         }
         tracing::info!(task_id = %task_id, model = request.model.name(), count = request.count, "task accepted");
@@ -322,6 +346,7 @@ impl Tasks {
         }
         Ok(Submitted {
             task_id,
+            trace_id: trace_id.to_owned(),
             receiver,
             replayed: false,
         })
@@ -343,6 +368,7 @@ impl Tasks {
     pub async fn wait(&self, submitted: Submitted) -> TaskResult {
         let Submitted {
             task_id,
+            trace_id,
             receiver,
             replayed,
         } = submitted;
@@ -353,6 +379,7 @@ impl Tasks {
             };
         };
         let mut check = tokio::time::interval(Duration::from_secs(3));
+        let mut closing = self.closing.subscribe();
         // A replayed task may have finished long ago: look at once (the waiter was registered
         // first, so a result recorded in between is not missed either).
         if !replayed {
@@ -382,7 +409,32 @@ impl Tasks {
                         Err(e) => tracing::warn!(error = %e, task_id = %task_id, "could not poll a task"),
                     }
                 }
+                _ = until_closed(&mut closing) => {
+                    return Box::pin(self.stopped_waiting(&task_id, &trace_id)).await;
+                }
             }
+        }
+    }
+
+    /// The answer to a sync request still waiting when this process stops: the result if the
+    /// task has one by now, else an error that names the task, which is not lost (it runs on
+    /// another node, or here after a restart) and can be retrieved.
+    async fn stopped_waiting(&self, task_id: &str, trace_id: &str) -> TaskResult {
+        self.lock_waiters().remove(task_id);
+        if let Ok(Some((status, body))) = self.db.task_result(task_id).await {
+            return TaskResult {
+                status,
+                body: serde_json::from_str(&body).unwrap_or(Value::Null),
+            };
+        }
+        let error = ApiError::new(
+            ErrorCode::ApiError,
+            "This server is shutting down before the task finished. The task is not lost: it \
+             continues on another node (or after a restart); retrieve it by its task_id.",
+        );
+        TaskResult {
+            status: error.code.http_status(),
+            body: error.body(trace_id, Some(task_id)),
         }
     }
 
@@ -435,7 +487,11 @@ impl Tasks {
         id: &str,
     ) -> Result<Option<TaskRecord>, TaskError> {
         match self.db.get_task(id, application_id).await? {
-            Some(row) => Ok(Some(task_record(&row)?)),
+            Some(row) => {
+                let mut record = task_record(&row)?;
+                self.refresh_image_urls(&mut record).await;
+                Ok(Some(record))
+            }
             None => Ok(None),
         }
     }
@@ -445,12 +501,39 @@ impl Tasks {
         application_id: &str,
         ids: &[String],
     ) -> Result<Vec<TaskRecord>, TaskError> {
-        self.db
-            .get_tasks(ids, application_id)
-            .await?
-            .iter()
-            .map(task_record)
-            .collect()
+        let rows = self.db.get_tasks(ids, application_id).await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut record = task_record(row)?;
+            self.refresh_image_urls(&mut record).await;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Presigned image URLs (`--s3-signed-urls`) in a record's response that have expired, or
+    /// are about to, signed afresh: the stored response keeps the URLs it was answered with, and
+    /// whoever retrieves it later gets ones that work.
+    async fn refresh_image_urls(&self, record: &mut TaskRecord) {
+        let Some(images) = record
+            .response
+            .as_mut()
+            .and_then(|response| response.get_mut("data"))
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for image in images {
+            let Some(url) = image.get("image_url").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            if let Some(fresh) = self.store.resigned(url, now).await {
+                image["image_url"] = serde_json::Value::String(fresh);
+            }
+        }
     }
 
     /// One page of an application's tasks, newest first (the console's gallery).
@@ -535,34 +618,72 @@ impl Tasks {
     }
 }
 
+/// Waits until `closing` turns true (or its sender is gone). Its own function: the guard that
+/// `wait_for` returns is not `Send`, and in the caller's `select!` it would live on into the
+/// branch.
+async fn until_closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closed| *closed).await;
+}
+
+/// Runs `write` until it succeeds, waiting while the database is unavailable (see
+/// `DbError::is_unavailable`: down, failing over, its disk full), from 100 ms to every 2 s; any
+/// other error is returned at once. For results held in memory that must not be lost: a task's
+/// result, a callback attempt. Bounded by the caller (shutdown aborts it; then the task's lease
+/// expires and it runs again, or the callback is delivered again: at least once, never lost).
+async fn until_written<T, F, Fut>(what: &str, mut write: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match write().await {
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(
+                        failures,
+                        "{what} was written once the database answered again"
+                    );
+                }
+                return Ok(value);
+            }
+            Err(e) if e.is_unavailable() => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "could not write {what}: the database is unavailable; keeping it and trying again");
+                }
+                failures += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Hears other nodes through the database (PostgreSQL `LISTEN`): queued tasks wake this
 /// process's idle workers, finished tasks answer its waiting sync requests. A no-op on SQLite.
 /// Lost notifications (while reconnecting) only cost latency: workers and waiters also poll.
-async fn listen(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>) {
+/// Runs until aborted (`spawn_background`, once the workers have stopped).
+async fn listen(tasks: Arc<Tasks>) {
     let mut listener = loop {
         match tasks.db.listen().await {
             Ok(Some(listener)) => break listener,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "could not listen for other nodes' tasks; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => return,
-                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };
     loop {
-        tokio::select! {
-            event = listener.recv() => match event {
-                Ok(Event::TaskQueued) => tasks.task_queued.notify_one(),
-                Ok(Event::TaskDone(task_id)) => tasks.finished_elsewhere(&task_id).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "lost the notification connection; reconnecting");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
+        match listener.recv().await {
+            Ok(Event::TaskQueued) => tasks.task_queued.notify_one(),
+            Ok(Event::TaskDone(task_id)) => tasks.finished_elsewhere(&task_id).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "lost the notification connection; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
@@ -593,6 +714,8 @@ pub struct TaskDetails {
 /// A freshly accepted task; `receiver` is set for sync requests.
 pub struct Submitted {
     pub task_id: String,
+    /// The request's, for an answer made here rather than by the task (`stopped_waiting`).
+    trace_id: String,
     receiver: Option<oneshot::Receiver<TaskResult>>,
     /// An idempotent replay of an earlier request: no new task was created.
     pub replayed: bool,

@@ -23,6 +23,9 @@ use crate::{
     storage::{ImageStore, db::ClaimedTask, db::Completion},
 };
 
+/// The longest a stopping process waits for the database to take its unfinished tasks back.
+pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Claims and runs tasks until `shutdown`, with the tasks claimed at admission (handed over by
 /// `Tasks::submit`); then waits up to `grace` for running tasks and puts the unfinished ones back
 /// in the queue.
@@ -121,12 +124,23 @@ pub(super) async fn run(tasks: Arc<Tasks>, mut shutdown: watch::Receiver<bool>, 
     })
     .await;
     if drained.is_err() {
+        tracing::warn!(
+            unfinished = running.len(),
+            "the grace period is over: unfinished tasks go back to the queue"
+        );
         running.abort_all();
         while running.join_next().await.is_some() {}
         // Whatever was still running goes back to the queue for the next start (or another
         // process); nothing was recorded for it, so nothing is half-written.
-        if let Err(e) = tasks.release_my_tasks().await {
-            tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire");
+        // Bounded: a database that does not answer must not hold the shutdown past its grace.
+        match tokio::time::timeout(RELEASE_TIMEOUT, tasks.release_my_tasks()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not release unfinished tasks; their leases will expire")
+            }
+            Err(_) => tracing::error!(
+                "the database did not take back the unfinished tasks in time; their leases will expire"
+            ),
         }
     }
 }
@@ -150,9 +164,10 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
     // Until this returns, waiters here skip their database polls: the result comes from us (or,
     // if we lose the lease or cannot record it, polling resumes when this guard drops).
     let _running = tasks.run_here(&task.id);
-    let heartbeat = tokio::spawn(keep_lease(tasks.clone(), task.id.clone()));
+    // Stopped when this ends, however it ends: a run cut off at shutdown must not go on
+    // renewing a lease that has been handed back.
+    let heartbeat = Heartbeat(tokio::spawn(keep_lease(tasks.clone(), task.id.clone())));
     let (result, images, failed_images) = run_task(&tasks, &task).await;
-    heartbeat.abort();
 
     let body = result.body.to_string();
     let callback_id = uuid::Uuid::new_v4().to_string();
@@ -167,8 +182,15 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
         now: now_ms(),
     };
     // Boxed: the database future is large, and unboxed its space would be held by every
-    // running task's future for the whole upstream call (BENCHMARKS.md, S3).
-    match Box::pin(tasks.db.complete_task(&task.id, &tasks.owner, &completion)).await {
+    // running task's future for the whole upstream call (BENCHMARKS.md, S3). While the database
+    // is unavailable the result is kept here and written when it is back (the lease is still
+    // renewed meanwhile, so no other node takes the task over if the outage is shorter than it).
+    let recorded = super::until_written("the task result", || {
+        Box::pin(tasks.db.complete_task(&task.id, &tasks.owner, &completion))
+    })
+    .await;
+    drop(heartbeat);
+    match recorded {
         Ok(true) => {
             tracing::info!(
                 status = result.status,
@@ -198,6 +220,15 @@ async fn execute(tasks: Arc<Tasks>, task: ClaimedTask) {
             // The lease will expire and the task will run again: at least once, never lost.
             tracing::error!(error = %e, "could not record the task result");
         }
+    }
+}
+
+/// The task renewing a running task's lease; stopped when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -416,10 +447,34 @@ async fn store_image(
     image: crate::providers::GeneratedImage,
 ) -> Result<String, ImageFailure> {
     let key = ImageStore::new_key(&image.mime_type);
-    store.put(&key, image.bytes).await.map_err(|e| {
-        tracing::error!(error = %e, "could not store a generated image");
-        ImageFailure::Store
-    })?;
+    // A store that is down (S3 unreachable or answering 5xx, a full disk) keeps the image here
+    // and tries again, from 200 ms to every 5 s, until it is stored or the task's deadline ends
+    // the task (`run_task`). No URL is handed out before its object exists.
+    let mut delay = Duration::from_millis(200);
+    let mut failures = 0u32;
+    loop {
+        match store.put(&key, image.bytes.clone()).await {
+            Ok(()) => break,
+            Err(e) if e.is_retryable() => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "could not store a made image; keeping it and trying again");
+                }
+                failures += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store a generated image");
+                return Err(ImageFailure::Store);
+            }
+        }
+    }
+    if failures > 0 {
+        tracing::info!(
+            failures,
+            "stored a made image once the store answered again"
+        );
+    }
     store.image_url(public_base_url, &key).await.map_err(|e| {
         tracing::error!(error = %e, "could not form an image URL");
         ImageFailure::Store

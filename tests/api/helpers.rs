@@ -123,6 +123,7 @@ pub async fn fresh_postgres_schema() -> String {
         .execute(&mut connection)
         .await
         .expect("a fresh schema");
+    nano_banana_testkit::leftovers::record("schema", &schema);
     let _ = connection.close().await;
     let separator = if base.contains('?') { '&' } else { '?' };
     format!("{base}{separator}options=-c%20search_path%3D{schema}")
@@ -151,6 +152,7 @@ pub fn test_redis() -> RedisSettings {
     }
     let mut settings = RedisSettings::new(url);
     settings.prefix = format!("nb-test:{}:", uuid::Uuid::new_v4());
+    nano_banana_testkit::leftovers::record("redis-prefix", &settings.prefix);
     settings.failure_mode = FailureMode::Closed;
     // A loaded CI machine must not turn into spurious failures.
     settings.timeout = Duration::from_secs(2);

@@ -12,10 +12,10 @@ use crate::helpers::{
     Answer, TestApp, answer, assert_error, share_state, spawn_app_with, test_redis,
 };
 
-const ADMIN_KEY: &str = "admin-test-key";
+pub(crate) const ADMIN_KEY: &str = "admin-test-key";
 
 /// A new application with a rate limit, created through `app`'s admin API; returns its token.
-async fn limited_application(app: &TestApp, per_minute: u64, burst: u64) -> String {
+pub(crate) async fn limited_application(app: &TestApp, per_minute: u64, burst: u64) -> String {
     let admin = |path: &str, body: Value| {
         app.client
             .post(format!("{}{path}", app.address))

@@ -141,6 +141,65 @@ async fn signed_urls_fetch_from_the_bucket_and_unsigned_ones_are_refused() {
 }
 
 #[tokio::test]
+async fn a_task_retrieved_after_its_signed_url_expired_gets_a_fresh_one() {
+    let app = spawn_app_with(|config| {
+        use_s3(config);
+        config.image_urls = ImageUrls::Signed(Duration::from_secs(5));
+    })
+    .await;
+    let answer = app
+        .post_images(json!({"action": "generate", "prompt": "a lemon, signed"}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let id = answer.body["task_id"]
+        .as_str()
+        .expect("a task id")
+        .to_owned();
+    let first = answer.body["data"][0]["image_url"]
+        .as_str()
+        .expect("an image_url")
+        .to_owned();
+    assert!(first.contains("X-Amz-Expires=5"), "{first}");
+
+    // Fresh enough: retrieved as it was answered.
+    let record = app
+        .post_tasks(json!({"action": "retrieve", "id": id}))
+        .await;
+    assert_eq!(
+        record.body["response"]["data"][0]["image_url"],
+        first.as_str()
+    );
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let client = reqwest::Client::new();
+    let stale = client.get(&first).send().await.expect("request sent");
+    assert_eq!(
+        stale.status(),
+        403,
+        "the bucket refuses an expired signature"
+    );
+
+    for retrieved in [
+        app.post_tasks(json!({"action": "retrieve", "id": id}))
+            .await
+            .body,
+        app.post_tasks(json!({"action": "retrieve_batch", "ids": [id]}))
+            .await
+            .body["items"][0]
+            .clone(),
+    ] {
+        let fresh = retrieved["response"]["data"][0]["image_url"]
+            .as_str()
+            .expect("an image_url")
+            .to_owned();
+        assert_ne!(fresh, first, "signed again");
+        assert_eq!(key_of(&fresh), key_of(&first), "the same object");
+        let fetched = client.get(&fresh).send().await.expect("request sent");
+        assert_eq!(fetched.status(), 200, "{fresh}");
+    }
+}
+
+#[tokio::test]
 async fn a_wrong_secret_endpoint_or_bucket_fails_the_check_with_a_clear_error() {
     let good = test_s3().fresh_settings();
     let error_of = |settings: S3Settings| async move {

@@ -111,6 +111,19 @@ async fn generate(app: &TestApp, prompt: &str) -> crate::helpers::Answer {
         .await
 }
 
+/// `nano_banana_route_cooldowns_total` of the Vertex route, from `/metrics` (0 before any).
+async fn route_cooldowns(app: &TestApp) -> u64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find(|line| {
+            line.starts_with("nano_banana_route_cooldowns_total{")
+                && line.contains("route=\"vertex/gemini-3-pro-image\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn vertex_route(app: &TestApp) -> Value {
     let answer = app
         .client
@@ -242,6 +255,7 @@ async fn a_refused_token_is_replaced_once_and_the_request_succeeds() {
 async fn without_a_token_the_request_is_an_api_error_and_the_route_cools_down() {
     let v = vertex(Duration::from_secs(3600)).await;
     v.tokens.fail_with(Some(503));
+    let cooled_before = route_cooldowns(&v.app).await;
     let answer = generate(&v.app, "x").await;
     assert_error(&answer, 500, "api_error");
     let message = answer.body["error"]["message"].as_str().unwrap();
@@ -249,8 +263,15 @@ async fn without_a_token_the_request_is_an_api_error_and_the_route_cools_down() 
     assert_eq!(v.gemini.request_count(), 0, "nothing was sent upstream");
     assert_eq!(v.tokens.request_count(), 1);
 
+    // Cooled down: the first backoff is about half a second, which a loaded machine may have
+    // let pass before this look; the counter of cooldowns keeps it. (Only this test makes the
+    // Vertex route fail, so the process-wide counter's change is this test's.)
     let route = vertex_route(&v.app).await;
-    assert_eq!(route["state"], "cooling", "{route}");
+    assert_eq!(route["failures"], 1, "{route}");
+    assert!(
+        route_cooldowns(&v.app).await > cooled_before,
+        "the route cooled down: {route}"
+    );
     let error = route["recent_errors"][0]["error"].as_str().unwrap();
     assert!(error.contains("no Vertex AI access token"), "{error}");
     assert!(error.contains("answered HTTP 503"), "{error}");

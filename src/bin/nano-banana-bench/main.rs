@@ -85,7 +85,7 @@ async fn main() -> ExitCode {
 pub enum Scenario {
     /// S1 to S6
     All,
-    /// Small (20 KB) images, instant upstream, sync generate, concurrency 1 and 64
+    /// Small (20 KB) images, instant upstream, sync generate, concurrency 1 and 64 (64 also via /v1)
     S1,
     /// 2 MB images, instant upstream, concurrency 8
     S2,

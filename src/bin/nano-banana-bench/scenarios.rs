@@ -41,7 +41,8 @@ pub(super) struct Bench {
 }
 
 impl Bench {
-    /// S1: small images, instant upstream, sync generate at concurrency 1 and 64.
+    /// S1: small images, instant upstream, sync generate at concurrency 1 and 64; at 64 also
+    /// through OpenAI's `/v1/images/generations` with `response_format=url`.
     pub async fn s1(&mut self, work: &WorkDir) -> anyhow::Result<()> {
         let fake = self.fake("none", self.scale.small_image, work, "s1")?;
         let direct = Endpoint::gemini(&fake, generate_content(), 64);
@@ -57,6 +58,27 @@ impl Bench {
         let s64 = self
             .phase("S1", "server", 64, &server, Some(&fake), &through)
             .await?;
+        // The same generations in OpenAI's dialect, answered with our hosted URLs: what the
+        // dialect layer (its parsing, its answer's shape) adds per request, on the same server.
+        let openai = Endpoint::openai(&server, openai_generate_body(), 64);
+        let v64 = self
+            .phase("S1", "server /v1", 64, &server, Some(&fake), &openai)
+            .await?;
+        if let (Some(native), Some(dialect)) = (cpu_per_request(&s64), cpu_per_request(&v64)) {
+            let ratio = dialect / native;
+            self.report.verdict(
+                "S1",
+                "CPU per request, /v1/images/generations (url) vs /nano-banana/images, concurrency 64",
+                format!(
+                    "{:.0} % ({:.3} vs {:.3} ms)",
+                    ratio * 100.0,
+                    dialect * 1000.0,
+                    native * 1000.0
+                ),
+                "≤ 110 %",
+                Some(ratio <= 1.10),
+            );
+        }
         if let (Some(direct), Some(through)) = (d1.p50, s1.p50) {
             let added = through.as_secs_f64() * 1000.0 - direct.as_secs_f64() * 1000.0;
             self.report.verdict(
@@ -74,7 +96,7 @@ impl Bench {
             &d64,
             0.5,
         );
-        self.report.rows.extend([d1, d64, s1, s64]);
+        self.report.rows.extend([d1, d64, s1, s64, v64]);
         Ok(())
     }
 
@@ -478,6 +500,8 @@ enum Check {
     Status,
     /// The contract's success body with at least one image.
     Images,
+    /// OpenAI's images answer with at least one hosted `url`.
+    OpenAiUrls,
     /// The contract's accepted body; its task id is kept.
     Accepted(Arc<Mutex<Vec<String>>>),
     /// A body of exactly this many bytes.
@@ -521,6 +545,16 @@ impl Endpoint {
         endpoint.header("authorization", &format!("Bearer {TOKEN}"));
         endpoint.header("content-type", "application/json");
         endpoint.check = Check::Images;
+        endpoint
+    }
+
+    /// `POST /v1/images/generations` of the server (OpenAI's images API).
+    fn openai(server: &ChildProcess, body: Value, concurrency: usize) -> Endpoint {
+        let url = format!("{}/v1/images/generations", server.base_url);
+        let mut endpoint = Endpoint::new(&url, Some(body), concurrency);
+        endpoint.header("authorization", &format!("Bearer {TOKEN}"));
+        endpoint.header("content-type", "application/json");
+        endpoint.check = Check::OpenAiUrls;
         endpoint
     }
 
@@ -572,6 +606,17 @@ impl Endpoint {
                     Err(format!("not a success with images: {}", excerpt(&body)))
                 }
             }
+            Check::OpenAiUrls => {
+                let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if parsed["data"][0]["url"].is_string() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "not an images answer with URLs: {}",
+                        excerpt(&body)
+                    ))
+                }
+            }
             Check::Accepted(ids) => {
                 let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
                 match parsed["task_id"].as_str() {
@@ -606,6 +651,16 @@ fn excerpt(body: &[u8]) -> String {
 /// The contract's sync generate request.
 fn generate_body() -> Value {
     json!({"action": "generate", "prompt": PROMPT})
+}
+
+/// OpenAI's generate request for the same image, answered with a hosted URL.
+fn openai_generate_body() -> Value {
+    json!({"model": "nano-banana", "prompt": PROMPT, "response_format": "url"})
+}
+
+/// The answering process's CPU time per successful request of a phase, in seconds.
+fn cpu_per_request(row: &Row) -> Option<f64> {
+    (row.ok > 0).then(|| row.cpu.as_secs_f64() / row.ok as f64)
 }
 
 /// The contract's sync edit request with `data:` URI inputs.

@@ -21,11 +21,17 @@ async fn fake() -> FakeChat {
     .unwrap()
 }
 
+/// A provider with room for a loaded machine's slow fake (2K images in a debug build).
 fn provider(fake: &FakeChat) -> ChatProvider {
+    provider_with_timeout(fake, Duration::from_secs(60))
+}
+
+/// A provider that gives up on a call after `timeout` (for the hang scenario).
+fn provider_with_timeout(fake: &FakeChat, timeout: Duration) -> ChatProvider {
     ChatProvider::new(ChatConfig {
         base_url: Url::parse(&fake.base_url()).unwrap(),
         api_key: Some(KEY.to_owned()),
-        timeout: Duration::from_millis(1500),
+        timeout,
         connect_timeout: Duration::from_secs(5),
     })
     .unwrap()
@@ -139,7 +145,8 @@ async fn answers_without_an_image_and_failures_come_back_classified() {
     let err = provider.generate(&job).await.unwrap_err();
     assert!(!err.is_retryable(), "no credits is final: {err:?}");
     fake.push_scenario(Scenario::Hang);
-    let err = provider.generate(&job).await.unwrap_err();
+    let impatient = provider_with_timeout(&fake, Duration::from_millis(1500));
+    let err = impatient.generate(&job).await.unwrap_err();
     assert!(
         matches!(err, ProviderError::Transport { sent: true, .. }),
         "{err:?}"

@@ -21,11 +21,17 @@ async fn fake() -> FakeOpenAi {
     .unwrap()
 }
 
+/// A provider with room for a loaded machine's slow fake (2K images in a debug build).
 fn provider(fake: &FakeOpenAi) -> OpenAiProvider {
+    provider_with_timeout(fake, Duration::from_secs(60))
+}
+
+/// A provider that gives up on a call after `timeout` (for the hang scenario).
+fn provider_with_timeout(fake: &FakeOpenAi, timeout: Duration) -> OpenAiProvider {
     OpenAiProvider::new(OpenAiConfig {
         base_url: Url::parse(&fake.base_url()).unwrap(),
         organization: Some("org-nb".into()),
-        timeout: Duration::from_millis(1500),
+        timeout,
         ..OpenAiConfig::new(KEY)
     })
     .unwrap()
@@ -207,7 +213,8 @@ async fn failures_come_back_classified() {
 
     // A hang is a timeout after sending: it may have been billed, so it is final.
     fake.push_scenario(Scenario::Hang);
-    let err = provider.generate(&job).await.unwrap_err();
+    let impatient = provider_with_timeout(&fake, Duration::from_millis(1500));
+    let err = impatient.generate(&job).await.unwrap_err();
     assert!(
         matches!(err, ProviderError::Transport { sent: true, .. }),
         "{err:?}"

@@ -107,6 +107,70 @@ macro_rules! insert_rows {
 }
 
 impl Db {
+    /// The applications whose credits differ from the sum of their ledger, described; empty
+    /// when the books balance.
+    pub async fn unbalanced_applications(&self) -> Result<Vec<String>, DbError> {
+        on_pool!(self, |pool, pg| Ok(unbalanced!(pool)))
+    }
+
+    /// A consistent copy of this SQLite database, taken while it is in use, written to `path`
+    /// (which must not exist): SQLite's `VACUUM INTO` reads one snapshot, as any reader does in
+    /// WAL mode, so the server's writers go on meanwhile. The copy is written beside `path`
+    /// under a `.partial` name, checked (it opens, every balance equals its ledger) and only then
+    /// renamed to `path`; the rows per table of the copy are returned. PostgreSQL has its own
+    /// tools (README: Backups), so there this is an error.
+    pub async fn backup_to(&self, path: &std::path::Path) -> Result<Vec<TableCount>, DbError> {
+        use sqlx::{Connection as _, sqlite::SqliteConnectOptions};
+        let Pool::Sqlite { readers, .. } = &self.pool else {
+            return Err(DbError::Backup(
+                "backup copies a SQLite database; for PostgreSQL use pg_dump or the managed \
+                 service's snapshots (README: Backups)"
+                    .into(),
+            ));
+        };
+        if path.exists() {
+            return Err(DbError::Backup(format!(
+                "{} exists already: back up into a new file",
+                path.display()
+            )));
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let Some(target) = partial.to_str() else {
+            return Err(DbError::Backup(format!(
+                "{} is not a UTF-8 path",
+                path.display()
+            )));
+        };
+        // A leftover of an interrupted backup is ours to replace: VACUUM INTO needs a new file.
+        match std::fs::remove_file(&partial) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DbError::Backup(format!("removing {target}: {e}"))),
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(target)
+            .execute(readers)
+            .await?;
+        let options = SqliteConnectOptions::new()
+            .filename(&partial)
+            .read_only(true);
+        let mut copy = sqlx::SqliteConnection::connect_with(&options).await?;
+        let counts = table_counts!(&mut copy);
+        let unbalanced = unbalanced!(&mut copy);
+        copy.close().await?;
+        if !unbalanced.is_empty() {
+            return Err(DbError::CopyMismatch(format!(
+                "in the backup, credits differ from the ledger sum for {}",
+                unbalanced.join("; ")
+            )));
+        }
+        std::fs::rename(&partial, path)
+            .map_err(|e| DbError::Backup(format!("renaming {target}: {e}")))?;
+        Ok(counts)
+    }
+
     /// Rows per table, in `TABLES` order.
     pub async fn table_counts(&self) -> Result<Vec<TableCount>, DbError> {
         on_pool!(self, |pool, pg| Ok(table_counts!(pool)))

@@ -55,6 +55,79 @@ pub enum DbError {
     /// `copy_into` found the copy (or the source) inconsistent; nothing was written.
     #[error("the copy was not verified, nothing was written: {0}")]
     CopyMismatch(String),
+    /// `backup_to` could not write its copy (the reason says why); the database is untouched.
+    #[error("backup: {0}")]
+    Backup(String),
+    /// The database could not be reached at all: nothing listens, the connection was refused,
+    /// or it did not answer in time. Says where, so a start-up failure is plain.
+    #[error("cannot connect to PostgreSQL at {address}: {cause}")]
+    Unreachable { address: String, cause: String },
+    /// The database was migrated by a newer binary: running on would risk its data.
+    #[error(
+        "the database's schema is at migration {found}, newer than this binary knows (it knows \
+         up to {known}): a newer nano-banana upgraded it. Run that version (or a newer one), or \
+         restore the backup taken before the upgrade"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+/// How to open the database (`--database-pool-size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbOptions {
+    /// PostgreSQL connections per process (SQLite: readers; it always has one writer).
+    pub pool_size: u32,
+    /// How long the first connection (and each later one) may take before the start fails.
+    pub connect_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> DbOptions {
+        DbOptions {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DbError {
+    /// Whether the database could not be reached or could not write for a reason of its own that
+    /// passes (PostgreSQL down or failing over, a connection cut, the pool exhausted, a full
+    /// disk under SQLite, a serialization conflict), as opposed to a query it will never accept.
+    /// Work whose result is kept in memory waits and tries again on these (`tasks::worker`);
+    /// a client gets `api_error` saying the database is unavailable.
+    pub fn is_unavailable(&self) -> bool {
+        let DbError::Sql(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(e) => {
+                let code = e.code().unwrap_or_default();
+                match e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                    // SQLite's primary result code is the low byte of the extended one:
+                    // BUSY 5, LOCKED 6, NOMEM 7, IOERR 10, FULL 13, CANTOPEN 14.
+                    Some(_) => code
+                        .parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14)),
+                    // PostgreSQL's SQLSTATE: connection exceptions (08), insufficient resources
+                    // such as a full disk (53), operator intervention: shutting down, starting
+                    // up (57P), serialization failures and deadlocks (40001, 40P01).
+                    None => {
+                        code.starts_with("08")
+                            || code.starts_with("53")
+                            || code.starts_with("57P")
+                            || code == "40001"
+                            || code == "40P01"
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +233,49 @@ impl BeginWrite for PgPool {
     }
 }
 
+/// The cause of a failed first connection, without the driver's wrapping ("error communicating
+/// with database: …") where there is a plainer one.
+fn connect_cause(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The newest migration applied to the database behind `$pool`, if it has the migrator's table
+/// (`_sqlx_migrations`; on PostgreSQL in the connection's search path, as the server's tables).
+macro_rules! newest_migration {
+    ($pool:expr) => {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one($pool)
+            .await
+    };
+}
+
+/// Refuses a database whose newest applied migration is one this binary does not have: it was
+/// upgraded by a newer release, and this one's queries may not fit it any more. A database
+/// without the migrations table is new and is migrated next.
+fn refuse_newer_schema(
+    newest: Result<Option<i64>, sqlx::Error>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), DbError> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match newest {
+        Ok(Some(found)) if found > known => Err(DbError::SchemaTooNew { found, known }),
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if is_missing_table(&*e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a database error says the table does not exist (SQLite: "no such table",
+/// PostgreSQL: SQLSTATE 42P01).
+fn is_missing_table(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.code().as_deref() == Some("42P01") || error.message().contains("no such table")
+}
+
 /// What a PostgreSQL `LISTEN` connection heard from any node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -194,18 +310,23 @@ impl Listener {
 impl Db {
     /// Opens (creating if needed) the database at `url` and runs the migrations.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
-        Db::open(url, true).await
+        Db::open(url, true, DbOptions::default()).await
+    }
+
+    /// Like `connect`, with the pool's size and connection timeout of `options`.
+    pub async fn connect_with(url: &str, options: DbOptions) -> Result<Db, DbError> {
+        Db::open(url, true, options).await
     }
 
     /// Opens the database at `url` and runs the migrations, but never creates a SQLite file: a
     /// mistyped source path must be an error, not an empty database.
     pub async fn connect_existing(url: &str) -> Result<Db, DbError> {
-        Db::open(url, false).await
+        Db::open(url, false, DbOptions::default()).await
     }
 
-    async fn open(url: &str, create_sqlite_file: bool) -> Result<Db, DbError> {
+    async fn open(url: &str, create_sqlite_file: bool, opts: DbOptions) -> Result<Db, DbError> {
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            return Db::connect_postgres(url).await;
+            return Db::connect_postgres(url, opts).await;
         }
         if !url.starts_with("sqlite:") {
             return Err(DbError::UnsupportedUrl(url.to_owned()));
@@ -224,9 +345,11 @@ impl Db {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        refuse_newer_schema(newest_migration!(&writer), &migrator)?;
+        migrator.run(&writer).await?;
         let readers = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(opts.pool_size.clamp(1, 8))
             .test_before_acquire(false)
             .connect_with(options.create_if_missing(false))
             .await?;
@@ -236,15 +359,42 @@ impl Db {
         })
     }
 
-    async fn connect_postgres(url: &str) -> Result<Db, DbError> {
+    async fn connect_postgres(url: &str, opts: DbOptions) -> Result<Db, DbError> {
+        use sqlx::Connection as _;
         let options = PgConnectOptions::from_str(url)?;
+        // One connection first, on its own clock: a pool that cannot connect only says "pool
+        // timed out" after its acquire timeout, without the address or the cause.
+        let address = format!("{}:{}", options.get_host(), options.get_port());
+        let unreachable = |cause: String| DbError::Unreachable {
+            address: address.clone(),
+            cause,
+        };
+        match tokio::time::timeout(
+            opts.connect_timeout,
+            sqlx::PgConnection::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+            Ok(Err(e)) => return Err(unreachable(connect_cause(&e))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {} s",
+                    opts.connect_timeout.as_secs_f64()
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(opts.pool_size.max(1))
+            .acquire_timeout(opts.connect_timeout.max(Duration::from_secs(10)))
             .connect_with(options)
             .await?;
+        let migrator = sqlx::migrate!("migrations/postgres");
+        refuse_newer_schema(newest_migration!(&pool), &migrator)?;
         // The migrator holds an advisory lock, so nodes starting together migrate once.
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        migrator.run(&pool).await?;
         Ok(Db {
             pool: Pool::Postgres(pool),
             node: uuid::Uuid::new_v4().to_string(),
