@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `app` | wiring: builds every service from `Config`, serves until stopped | everything |
 //! | `http` | routes, extractors, the error → response mapping | `accounts`, `tasks`, `domain`, `api`, `limits`, `storage` (readiness, image files), `telemetry` |
+//! | `console` | the web console at `/`: server-rendered pages, sessions, CSRF, thumbnails | `http` (state, trace ids, admission helpers), `accounts`, `tasks`, `domain`, `api`, `dialects`, `storage` |
 //! | `client` | the CLI's client commands (`generate`, `edit`, `task`, `admin`) | `api`, `accounts`, `storage`, `config`, `telemetry` |
 //! | `accounts` | applications, tokens, credits, authentication, the admin service | `api`, `domain`, `storage` |
 //! | `tasks` | the task lifecycle: admission, queue, workers, callbacks | `accounts` (the `Caller`), `domain`, `api`, `fetch`, `providers`, `storage`, `config` |
@@ -25,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod dialects;
 pub mod domain;
 pub mod fake;

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use crate::{
     domain::now_ms,
-    storage::{Db, db::DbError},
+    storage::{
+        Db,
+        db::{ApplicationRow, DbError, TokenInfo, UsageRow},
+    },
 };
 
 mod admin;
@@ -115,6 +118,51 @@ impl Accounts {
         let outcome = Admin { db: &self.db }.run(request).await;
         self.tokens.clear();
         outcome
+    }
+
+    /// An application's row (balance, limits), for the console's account page.
+    pub async fn application(&self, id: &str) -> Result<Option<ApplicationRow>, DbError> {
+        self.db.get_application(id).await
+    }
+
+    /// Every application, for the console's admin area.
+    pub async fn applications(&self) -> Result<Vec<ApplicationRow>, DbError> {
+        self.db.list_applications().await
+    }
+
+    /// An application's tokens (prefixes only: the tokens themselves are never stored).
+    pub async fn tokens_of(&self, application_id: &str) -> Result<Vec<TokenInfo>, DbError> {
+        self.db.list_tokens(Some(application_id)).await
+    }
+
+    /// Usage per model and day: of one application, or of all with `None`.
+    pub async fn usage(&self, application_id: Option<&str>) -> Result<Vec<UsageRow>, DbError> {
+        let mut rows = self.db.usage().await?;
+        if let Some(id) = application_id {
+            rows.retain(|row| row.application_id == id);
+        }
+        Ok(rows)
+    }
+
+    /// Revokes `token_id` if it is one of `application_id`'s tokens; `false` if it is not.
+    pub async fn revoke_token_of(
+        &self,
+        application_id: &str,
+        token_id: &str,
+    ) -> Result<bool, AdminError> {
+        let owned = self
+            .tokens_of(application_id)
+            .await?
+            .iter()
+            .any(|token| token.id == token_id);
+        if !owned {
+            return Ok(false);
+        }
+        let revoke = AdminRequest::RevokeToken {
+            id: token_id.to_owned(),
+        };
+        self.administer(&revoke).await?;
+        Ok(true)
     }
 
     /// On an empty database, creates the first application (with `credits`) and its token, and

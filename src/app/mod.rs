@@ -13,6 +13,7 @@ mod upstreams;
 use crate::{
     accounts::{Accounts, AdminKey},
     config::Config,
+    console::{self, ConsoleSettings},
     domain::RequestLimits,
     fetch::Fetcher,
     http::{self, AppState, Services},
@@ -92,6 +93,11 @@ impl Application {
             settings,
             base_url.clone(),
         );
+        let console_settings = ConsoleSettings {
+            secure_cookies: base_url.starts_with("https://"),
+            max_body_bytes: config.max_body_bytes,
+            signup_credits: config.signup_credits,
+        };
         let state = AppState::new(Services {
             accounts,
             tasks: tasks.clone(),
@@ -109,7 +115,11 @@ impl Application {
             listener,
             port: local.port(),
             base_url,
-            router: http::router(state, config.max_body_bytes),
+            router: http::router(
+                state,
+                config.max_body_bytes,
+                console::routes(console_settings),
+            ),
             db,
             store,
             tasks,

@@ -247,6 +247,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_BOOTSTRAP_CREDITS", value_name = "CREDITS")]
     pub bootstrap_credits: Option<i64>,
 
+    /// Lets anyone sign up in the web console: a new application with this many credits and its
+    /// token, shown once; a few sign-ups per client address [default: off]
+    #[arg(long, env = "NANO_BANANA_SIGNUP_CREDITS", value_name = "CREDITS")]
+    pub signup_credits: Option<i64>,
+
     /// Key for the /admin/ API (`authorization: Bearer KEY`); without one the admin API is off
     #[arg(
         long,
@@ -332,6 +337,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub prices: Prices,
     pub bootstrap_credits: i64,
+    /// `Some`: the console's self-service sign-up is on, and gives a new application this many
+    /// credits.
+    pub signup_credits: Option<i64>,
     pub admin_key: Option<String>,
     /// `None`: rate limits are kept in process memory.
     pub redis: Option<RedisSettings>,
@@ -385,6 +393,7 @@ impl std::fmt::Debug for Config {
             .field("models", &self.models)
             .field("providers", &self.providers)
             .field("bootstrap_token", &redacted(self.bootstrap_token.is_some()))
+            .field("signup_credits", &self.signup_credits)
             .field("admin_key", &redacted(self.admin_key.is_some()))
             .field("redis", &self.redis)
             .field(
@@ -429,6 +438,7 @@ impl Config {
             providers: BTreeMap::new(),
             prices: Prices::default(),
             bootstrap_credits: 1_000_000,
+            signup_credits: None,
             admin_key: None,
             redis: None,
             lease: Duration::from_secs(30),
@@ -624,6 +634,7 @@ impl Config {
         if let Some(credits) = take!(bootstrap_credits) {
             config.bootstrap_credits = credits.max(0);
         }
+        config.signup_credits = take!(signup_credits).map(|credits| credits.max(0));
         config.admin_key = take!(admin_key).filter(|k| !k.is_empty());
         if let Some(url) = take!(redis_url).filter(|u| !u.is_empty()) {
             let mut redis = RedisSettings::new(url);

@@ -40,10 +40,11 @@ mod images;
 mod meta;
 mod openai;
 pub mod server;
-mod submit;
+pub mod submit;
 mod tasks;
 
 pub use error::HttpError;
+pub use server::PeerAddr;
 
 /// What every handler may use: one reference count, cloned per request by axum's `State`.
 #[derive(Clone)]
@@ -84,7 +85,8 @@ impl std::ops::Deref for AppState {
 #[derive(Debug, Clone)]
 pub struct TraceId(pub String);
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The API's routes and ours, plus `extra` (the web console), all behind the trace-id layer.
+pub fn router(state: AppState, max_body_bytes: usize, extra: Router<AppState>) -> Router {
     let api = Router::new()
         .route("/nano-banana/images", post(images::create))
         .route("/gemini/images", post(images::create))
@@ -107,6 +109,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(api)
         .merge(admin::routes(state.clone()))
+        .merge(extra)
         .route("/images/{key}", get(files::get))
         .route("/v1/models", get(openai::models))
         .route("/healthz", get(meta::healthz))

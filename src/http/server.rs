@@ -49,8 +49,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopped| *stopped) => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors, most likely: wait for some to be released rather
@@ -62,8 +62,15 @@ pub async fn serve(
                 }
             }
         };
-        // A clone of the router is a reference count: no route table per connection.
-        let service = TowerToHyperService::new(router.clone());
+        // A clone of the router is a reference count: no route table per connection. Each
+        // request learns the connection's peer address (the console limits sign-ups by it).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            },
+        ));
         let stop = stop.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {
@@ -76,12 +83,25 @@ pub async fn serve(
     open_tx.closed().await;
 }
 
-async fn serve_connection(
+/// The address of the client a request came from (the TCP peer; no proxy header is trusted).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+async fn serve_connection<S>(
     stream: TcpStream,
-    service: TowerToHyperService<Router>,
+    service: TowerToHyperService<S>,
     head_timeout: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let h2 = tokio::select! {
         sniffed = tokio::time::timeout(head_timeout, is_h2(&stream)) => match sniffed {
             Ok(Ok(Some(h2))) => h2,

@@ -291,7 +291,35 @@ impl ImageStore {
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        let path = object_path(key)?;
+        self.put_at(object_path(key)?, content_type_for(key), bytes)
+            .await
+    }
+
+    /// Stores the thumbnail of image `key` (a JPEG), under a prefix of its own. Thumbnails are
+    /// derived data: one already there (made by a concurrent request) is fine.
+    pub async fn put_thumbnail(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        match self.put_at(thumbnail_path(key)?, "image/jpeg", bytes).await {
+            Err(StoreError::Write(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The thumbnail of image `key`, if one was stored.
+    pub async fn read_thumbnail(&self, key: &str) -> Result<Bytes, StoreError> {
+        let path = thumbnail_path(key)?;
+        let result = self.store.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound,
+            other => StoreError::Backend(other),
+        })?;
+        result.bytes().await.map_err(StoreError::Backend)
+    }
+
+    async fn put_at(
+        &self,
+        path: ObjectPath,
+        content_type: &'static str,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
         if let Some(dir) = &self.local_dir {
             let file = dir.join(path.as_ref());
             return tokio::task::spawn_blocking(move || write_new_file(&file, &bytes))
@@ -305,7 +333,7 @@ impl ImageStore {
         // our route derives the same headers from the key.
         if self.s3.is_some() {
             let mut attributes = Attributes::new();
-            attributes.insert(Attribute::ContentType, content_type_for(key).into());
+            attributes.insert(Attribute::ContentType, content_type.into());
             attributes.insert(Attribute::CacheControl, IMMUTABLE.into());
             options.attributes = attributes;
         }
@@ -655,6 +683,12 @@ fn not_found(e: object_store::Error) -> StoreError {
         object_store::Error::NotFound { .. } => StoreError::NotFound,
         other => StoreError::Backend(other),
     }
+}
+
+/// Where the thumbnail of image `key` is kept: `thumbs/KEY.jpg`.
+fn thumbnail_path(key: &str) -> Result<ObjectPath, StoreError> {
+    object_path(key)?;
+    Ok(ObjectPath::from(format!("thumbs/{key}.jpg")))
 }
 
 fn extension_for(mime_type: &str) -> &'static str {

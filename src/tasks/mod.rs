@@ -24,7 +24,10 @@ use crate::{
     providers::Routes,
     storage::{
         Db, ImageStore,
-        db::{Admission, Claim, ClaimedTask, DbError, Event, NewTask, Pace, QueueStats, TaskRow},
+        db::{
+            Admission, Claim, ClaimedTask, DbError, DeliveryAttempt, Event, NewTask, Pace,
+            QueueStats, TaskFilter, TaskRow, TaskSummary,
+        },
     },
     tasks::inputs::Preloaded,
 };
@@ -485,6 +488,16 @@ impl Tasks {
         names
     }
 
+    /// The absolute base of this server's URLs.
+    pub fn public_base_url(&self) -> &str {
+        &self.public_base_url
+    }
+
+    /// The models this server's configuration offers.
+    pub fn offered_models(&self) -> Vec<Model> {
+        self.routes.offered()
+    }
+
     /// Every offered model's routes and their state, as this process sees them.
     pub fn route_status(&self) -> Vec<(Model, Vec<crate::providers::RouteStatus>)> {
         self.routes.status()
@@ -550,6 +563,45 @@ impl Tasks {
                 image["image_url"] = serde_json::Value::String(fresh);
             }
         }
+    }
+
+    /// One page of an application's tasks, newest first (the console's gallery).
+    pub async fn list(
+        &self,
+        application_id: &str,
+        filter: &TaskFilter,
+    ) -> Result<Vec<TaskSummary>, TaskError> {
+        Ok(self.db.list_tasks(application_id, filter).await?)
+    }
+
+    /// Everything the console's task page shows: the record, what was reserved and charged, and
+    /// each callback delivery attempt. `None` for an unknown task or another application's.
+    pub async fn details(
+        &self,
+        application_id: &str,
+        id: &str,
+    ) -> Result<Option<TaskDetails>, TaskError> {
+        let Some(record) = self.retrieve(application_id, id).await? else {
+            return Ok(None);
+        };
+        let Some(summary) = self.db.task_summary(id, application_id).await? else {
+            return Ok(None);
+        };
+        let deliveries = self.db.delivery_attempts(id).await?;
+        Ok(Some(TaskDetails {
+            record,
+            summary,
+            deliveries,
+        }))
+    }
+
+    /// A task's state and final response without its request (cheap enough to poll).
+    pub async fn summary(
+        &self,
+        application_id: &str,
+        id: &str,
+    ) -> Result<Option<TaskSummary>, TaskError> {
+        Ok(self.db.task_summary(id, application_id).await?)
     }
 
     fn check_image_source(&self, index: usize, source: &str) -> Result<(), ApiError> {
@@ -679,6 +731,13 @@ impl Drop for RunningHere {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.task_id);
     }
+}
+
+/// A task as the console's task page shows it.
+pub struct TaskDetails {
+    pub record: TaskRecord,
+    pub summary: TaskSummary,
+    pub deliveries: Vec<DeliveryAttempt>,
 }
 
 /// A freshly accepted task; `receiver` is set for sync requests.

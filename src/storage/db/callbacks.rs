@@ -32,6 +32,17 @@ pub struct CallbackAttempt<'a> {
     pub error: Option<&'a str>,
 }
 
+/// One recorded delivery attempt of a task's callback, as the console shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryAttempt {
+    pub url: String,
+    pub attempt: i64,
+    pub at: i64,
+    pub status: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallbackOutcome {
     Delivered,
@@ -40,6 +51,33 @@ pub enum CallbackOutcome {
 }
 
 impl Db {
+    /// Every delivery attempt of `task_id`'s callback, oldest first.
+    pub async fn delivery_attempts(&self, task_id: &str) -> Result<Vec<DeliveryAttempt>, DbError> {
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(
+                "SELECT c.url, a.attempt, a.at, a.status, a.latency_ms, a.error \
+                 FROM callbacks c JOIN callback_attempts a ON a.callback_id = c.id \
+                 WHERE c.task_id = $1 ORDER BY a.at, a.attempt",
+            )
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(DeliveryAttempt {
+                        url: row.try_get("url")?,
+                        attempt: row.try_get("attempt")?,
+                        at: row.try_get("at")?,
+                        status: row.try_get("status")?,
+                        latency_ms: row.try_get("latency_ms")?,
+                        error: row.try_get("error")?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(Into::into)
+        })
+    }
+
     pub async fn claim_callbacks(
         &self,
         owner: &str,

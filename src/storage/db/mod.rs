@@ -204,9 +204,12 @@ mod copy;
 mod tasks;
 
 pub use accounts::{ApplicationRow, TokenInfo, TokenRow, UsageRow};
-pub use callbacks::{CallbackAttempt, CallbackOutcome, CallbackRow};
+pub use callbacks::{CallbackAttempt, CallbackOutcome, CallbackRow, DeliveryAttempt};
 pub use copy::TableCount;
-pub use tasks::{Admission, Claim, ClaimedTask, Completion, NewTask, Pace, QueueStats, TaskRow};
+pub use tasks::{
+    Admission, Claim, ClaimedTask, Completion, NewTask, Pace, QueueStats, TaskFilter, TaskRow,
+    TaskSummary,
+};
 
 /// A transaction that will write after it has read: see the module documentation.
 trait BeginWrite {

@@ -710,6 +710,61 @@ impl Db {
         })
     }
 
+    /// One page of an application's tasks, newest first, filtered (the console's gallery). The
+    /// request bodies stay in their own table: a page never reads the input images.
+    pub async fn list_tasks(
+        &self,
+        application_id: &str,
+        filter: &TaskFilter,
+    ) -> Result<Vec<TaskSummary>, DbError> {
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(
+                "SELECT id, state, model, created_at, started_at, finished_at, response, reserved, \
+                     charged, images \
+                 FROM tasks WHERE application_id = $1 \
+                     AND ($2 IS NULL OR model = $2) AND ($3 IS NULL OR state = $3) \
+                     AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5) \
+                 ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7",
+            )
+            .bind(application_id)
+            .bind(filter.model.as_deref())
+            .bind(filter.state.as_deref())
+            .bind(filter.from)
+            .bind(filter.until)
+            .bind(filter.limit)
+            .bind(filter.offset)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(task_summary)
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(Into::into)
+        })
+    }
+
+    /// One task's summary (billing included), if it belongs to `application_id`.
+    pub async fn task_summary(
+        &self,
+        id: &str,
+        application_id: &str,
+    ) -> Result<Option<TaskSummary>, DbError> {
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(
+                "SELECT id, state, model, created_at, started_at, finished_at, response, reserved, \
+                     charged, images \
+                 FROM tasks WHERE id = $1 AND application_id = $2",
+            )
+            .bind(id)
+            .bind(application_id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref()
+                .map(task_summary)
+                .transpose()
+                .map_err(Into::into)
+        })
+    }
+
     /// Tasks per state, and callbacks still waiting for delivery (for `/metrics`).
     pub async fn queue_stats(&self) -> Result<QueueStats, DbError> {
         on_pool!(self, |pool, pg| {
@@ -728,6 +783,55 @@ impl Db {
             Ok(stats)
         })
     }
+}
+
+/// Which of an application's tasks a page lists (`None`: any), and which page.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub model: Option<String>,
+    pub state: Option<String>,
+    /// Created at or after (Unix milliseconds).
+    pub from: Option<i64>,
+    /// Created before (Unix milliseconds).
+    pub until: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A task without its request: what a listing shows.
+#[derive(Debug, Clone)]
+pub struct TaskSummary {
+    pub id: String,
+    pub state: String,
+    pub model: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub response: Option<String>,
+    pub reserved: i64,
+    pub charged: Option<i64>,
+    pub images: i64,
+}
+
+fn task_summary<R>(row: &R) -> Result<TaskSummary, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(TaskSummary {
+        id: row.try_get("id")?,
+        state: row.try_get("state")?,
+        model: row.try_get("model")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        response: row.try_get("response")?,
+        reserved: row.try_get("reserved")?,
+        charged: row.try_get("charged")?,
+        images: row.try_get("images")?,
+    })
 }
 
 #[derive(Debug, Clone, Default)]
