@@ -235,6 +235,18 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_INPUT_SWEEP_INTERVAL", value_name = "SECONDS")]
     pub input_sweep_interval: Option<u64>,
 
+    /// Finished tasks are deleted this long after they finished — their records, images and uploaded inputs — unless a callback is still owed; 0: kept forever [default: 0]
+    #[arg(long, env = "NANO_BANANA_RETENTION", value_name = "SECONDS")]
+    pub retention: Option<u64>,
+
+    /// How often the retention sweeper looks for expired tasks (every node; they never delete one thing twice) [default: 60]
+    #[arg(
+        long,
+        env = "NANO_BANANA_RETENTION_SWEEP_INTERVAL",
+        value_name = "SECONDS"
+    )]
+    pub retention_sweep_interval: Option<u64>,
+
     /// How long a client may take to send a request's head, counted from when its connection opened or its previous answer was sent; then the connection is closed (an idle keep-alive connection too) [default: 30]
     #[arg(long, env = "NANO_BANANA_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
     pub request_head_timeout: Option<u64>,
@@ -352,6 +364,10 @@ pub struct Config {
     pub input_grace: Duration,
     /// How often the input sweeper runs.
     pub input_sweep_interval: Duration,
+    /// How long finished tasks are kept (`None`: forever).
+    pub retention: Option<Duration>,
+    /// How often the retention sweeper runs.
+    pub retention_sweep_interval: Duration,
     /// How often idle workers look for due work even without a wake-up signal.
     pub poll_interval: Duration,
 }
@@ -445,6 +461,8 @@ impl Config {
             token_cache: Duration::from_secs(5),
             input_grace: Duration::from_secs(3600),
             input_sweep_interval: Duration::from_secs(600),
+            retention: None,
+            retention_sweep_interval: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -593,6 +611,15 @@ impl Config {
                 bail!("--input-sweep-interval must be at least 1 second");
             }
             config.input_sweep_interval = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(retention) {
+            config.retention = (s > 0).then(|| Duration::from_secs(s));
+        }
+        if let Some(s) = take!(retention_sweep_interval) {
+            if s == 0 {
+                bail!("--retention-sweep-interval must be at least 1 second");
+            }
+            config.retention_sweep_interval = Duration::from_secs(s);
         }
         if let Some(s) = take!(token_cache) {
             config.token_cache = Duration::from_secs(s);
@@ -1089,6 +1116,33 @@ mod tests {
         );
         let error = tls("rediss://h:6380", Some(dir.path().join("missing.pem"))).unwrap_err();
         assert!(format!("{error:#}").contains("missing.pem"), "{error:#}");
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_zero_keeps_everything() {
+        let merged = |retention: Option<u64>, interval: Option<u64>| {
+            Config::merge(
+                ServeArgs {
+                    retention,
+                    retention_sweep_interval: interval,
+                    ..ServeArgs::default()
+                },
+                ServeArgs::default(),
+                None,
+            )
+        };
+        let default = merged(None, None).unwrap();
+        assert_eq!(default.retention, None);
+        assert_eq!(default.retention_sweep_interval, Duration::from_secs(60));
+        assert_eq!(merged(Some(0), None).unwrap().retention, None);
+        let kept = merged(Some(86_400), Some(30)).unwrap();
+        assert_eq!(kept.retention, Some(Duration::from_secs(86_400)));
+        assert_eq!(kept.retention_sweep_interval, Duration::from_secs(30));
+        let error = merged(Some(60), Some(0)).unwrap_err().to_string();
+        assert!(
+            error.contains("--retention-sweep-interval must be at least 1"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -488,6 +488,17 @@ impl ImageStore {
         Ok(found)
     }
 
+    /// Deletes the image `key` and its console thumbnail, if any; what is already gone is fine.
+    pub async fn delete_image(&self, key: &str) -> Result<(), StoreError> {
+        for path in [object_path(key)?, thumbnail_path(key)?] {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::Backend(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes the input image `digest`; one already gone is fine.
     pub async fn delete_input(&self, digest: &str) -> Result<(), StoreError> {
         match self.store.delete(&input_path(digest)?).await {

@@ -185,7 +185,7 @@ impl Tasks {
             return Ok(false);
         };
         let inputs = request_inputs(&row.request)?;
-        Ok(self.db.delete_task_record(id, &inputs).await?)
+        Ok(self.db.delete_task_record(id, &inputs, None).await?)
     }
 
     /// One pass of the input sweeper: deletes every input object that no task's record
@@ -264,7 +264,24 @@ pub(super) fn load_error(index: Option<usize>, error: LoadError) -> ApiError {
 
 /// Runs the input sweeper every `every` until `shutdown`: the first pass soon after start, so
 /// that what a crash left behind goes once its grace period has passed.
-pub(super) async fn sweep(tasks: Arc<Tasks>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn sweep(tasks: Arc<Tasks>, every: Duration, shutdown: watch::Receiver<bool>) {
+    periodically(every, shutdown, || {
+        let tasks = tasks.clone();
+        async move {
+            if let Err(e) = tasks.sweep_inputs().await {
+                tracing::warn!(error = %e, "the input sweeper failed; it tries again later");
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs `pass` every `every` — the first time after at most 5 s — until `shutdown`.
+pub(super) async fn periodically<F: Future<Output = ()>>(
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut pass: impl FnMut() -> F,
+) {
     let mut wait = every.min(Duration::from_secs(5));
     loop {
         tokio::select! {
@@ -272,8 +289,6 @@ pub(super) async fn sweep(tasks: Arc<Tasks>, every: Duration, mut shutdown: watc
             _ = shutdown.changed() => return,
         }
         wait = every;
-        if let Err(e) = tasks.sweep_inputs().await {
-            tracing::warn!(error = %e, "the input sweeper failed; it tries again later");
-        }
+        pass().await;
     }
 }

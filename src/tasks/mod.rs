@@ -35,6 +35,7 @@ use crate::{
 pub mod callbacks;
 pub mod inputs;
 mod output;
+mod retention;
 mod worker;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -79,6 +80,10 @@ pub struct TaskSettings {
     pub input_sweep_interval: Duration,
     /// The test-only fault hook of `inputs.rs` (`NANO_BANANA_TEST_FAULT`).
     pub pause_after_input_write: bool,
+    /// How long finished tasks are kept (`None`: forever; `retention.rs`).
+    pub retention: Option<Duration>,
+    /// How often the retention sweeper looks.
+    pub retention_sweep_interval: Duration,
 }
 
 impl TaskSettings {
@@ -99,6 +104,8 @@ impl TaskSettings {
             input_sweep_interval: config.input_sweep_interval,
             pause_after_input_write: std::env::var(inputs::FAULT_ENV)
                 .is_ok_and(|fault| fault == inputs::PAUSE_AFTER_INPUT_WRITE),
+            retention: config.retention,
+            retention_sweep_interval: config.retention_sweep_interval,
         }
     }
 }
@@ -191,6 +198,7 @@ impl Tasks {
             self.settings.input_sweep_interval,
             shutdown.clone(),
         ));
+        let expirer = tokio::spawn(retention::sweep(self.clone(), shutdown.clone()));
         // Kept until the workers have stopped: while they drain, a sync request waiting here
         // for a task another node runs is still answered when that node finishes it.
         let listener = tokio::spawn(listen(self.clone()));
@@ -202,6 +210,7 @@ impl Tasks {
             let _ = workers.await;
             let _ = deliverer.await;
             let _ = sweeper.await;
+            let _ = expirer.await;
             // Sync requests still waiting here are for tasks that now run elsewhere (or wait in
             // the queue): answered as those finish (the listener still runs), for what is left
             // of the grace; then with an error that names the task (`stopped_waiting`).

@@ -237,7 +237,7 @@ async fn the_sweeper_deletes_inputs_no_task_references_once_their_grace_has_pass
         let id = record["id"].as_str().expect("an id");
         assert!(
             app.db
-                .delete_task_record(id, &inputs)
+                .delete_task_record(id, &inputs, None)
                 .await
                 .expect("deleted")
         );

@@ -28,6 +28,7 @@ mod openapi;
 mod origin;
 mod procs;
 mod ratelimit_redis;
+mod retention;
 mod routing;
 mod sdk;
 mod storage;

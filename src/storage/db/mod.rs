@@ -201,11 +201,13 @@ macro_rules! ledger {
 mod accounts;
 mod callbacks;
 mod copy;
+mod retention;
 mod tasks;
 
 pub use accounts::{ApplicationRow, TokenInfo, TokenRow, UsageRow};
 pub use callbacks::{CallbackAttempt, CallbackOutcome, CallbackRow, DeliveryAttempt};
 pub use copy::TableCount;
+pub use retention::ExpiredTask;
 pub use tasks::{
     Admission, Claim, ClaimedTask, Completion, NewTask, Pace, QueueStats, TaskFilter, TaskRow,
     TaskSummary,

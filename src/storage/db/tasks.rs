@@ -657,17 +657,27 @@ impl Db {
     /// array without repeats, as `NewTask::inputs` had them): each image's count goes down by
     /// one, and an image no task uses any more loses its row, so that the input sweeper deletes
     /// the object once its grace period has passed. The ledger keeps its rows. `false`: no such
-    /// finished task, or its callback is still being delivered; nothing was deleted. (For the
-    /// retention sweeper to come; the inputs' half of the rule is tested now.)
-    pub async fn delete_task_record(&self, id: &str, inputs: &str) -> Result<bool, DbError> {
+    /// finished task, or its callback is still being delivered; nothing was deleted. The
+    /// retention sweeper (`tasks::retention`) deletes expired records through this.
+    ///
+    /// `claimed_by`: the retention sweeper's claim (`claim_expired_tasks`); the record is deleted
+    /// only while that claim holds it, so that two sweepers never both delete one task.
+    pub async fn delete_task_record(
+        &self,
+        id: &str,
+        inputs: &str,
+        claimed_by: Option<&str>,
+    ) -> Result<bool, DbError> {
         on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
             let deletable = sqlx::query(
                 "SELECT 1 AS one FROM tasks WHERE id = $1 AND state IN ('succeeded', 'failed') \
+                 AND ($2 IS NULL OR lease_owner = $2) \
                  AND NOT EXISTS (SELECT 1 FROM callbacks \
                      WHERE task_id = $1 AND state = 'pending')",
             )
             .bind(id)
+            .bind(claimed_by)
             .fetch_optional(&mut *tx)
             .await?;
             if deletable.is_none() {
