@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::tokens::{new_token, token_hash, token_prefix};
+pub use crate::storage::db::Limits;
 use crate::{
     domain::now_ms,
     storage::{Db, db::DbError},
@@ -45,17 +46,6 @@ pub enum AdminRequest {
     },
     /// Images, credits and failures per application, model and day.
     Usage,
-}
-
-/// An application's request limits; `None` is unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-pub struct Limits {
-    /// Requests per minute (GCRA).
-    pub rate_per_minute: Option<i64>,
-    /// Requests allowed at once above the steady rate (1 when omitted).
-    pub burst: Option<i64>,
-    /// Unfinished tasks allowed at once.
-    pub max_concurrent: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -213,15 +203,7 @@ impl Admin<'_> {
     }
 
     async fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), AdminError> {
-        let found = self
-            .db
-            .set_application_limits(
-                id,
-                limits.rate_per_minute,
-                limits.burst,
-                limits.max_concurrent,
-            )
-            .await?;
+        let found = self.db.set_application_limits(id, *limits).await?;
         if found {
             Ok(())
         } else {
@@ -239,6 +221,11 @@ fn check_limits(limits: &Limits) -> Result<(), AdminError> {
         if value.is_some_and(|v| v < 1) {
             return Err(AdminError::Invalid(format!("{name} must be at least 1.")));
         }
+    }
+    if limits.retention_seconds.is_some_and(|s| s < 0) {
+        return Err(AdminError::Invalid(
+            "retention_seconds must be 0 (keep forever) or more.".into(),
+        ));
     }
     Ok(())
 }

@@ -69,6 +69,10 @@ pub struct LimitArgs {
     /// Unfinished tasks allowed at once; unlimited when omitted
     #[arg(long)]
     pub max_concurrent: Option<i64>,
+    /// Keep the application's finished tasks and images this many seconds (0: forever); the
+    /// server's --retention when omitted
+    #[arg(long)]
+    pub retention_seconds: Option<i64>,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -100,6 +104,7 @@ impl From<LimitArgs> for Limits {
             rate_per_minute: args.rate_per_minute,
             burst: args.burst,
             max_concurrent: args.max_concurrent,
+            retention_seconds: args.retention_seconds,
         }
     }
 }
@@ -155,10 +160,7 @@ impl From<AdminCommand> for AdminRequest {
 /// The `/admin/` API call that runs `request` on a server: method, path, JSON body.
 pub fn http_call(request: &AdminRequest) -> (reqwest::Method, String, Option<Value>) {
     use reqwest::Method;
-    let limits_json = |l: &Limits| {
-        json!({"rate_per_minute": l.rate_per_minute, "burst": l.burst,
-               "max_concurrent": l.max_concurrent})
-    };
+    let limits_json = |l: &Limits| serde_json::to_value(l).unwrap_or_else(|_| json!({}));
     match request {
         AdminRequest::CreateApplication(new) => {
             let mut body = limits_json(&new.limits);

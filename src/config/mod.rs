@@ -235,7 +235,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NANO_BANANA_INPUT_SWEEP_INTERVAL", value_name = "SECONDS")]
     pub input_sweep_interval: Option<u64>,
 
-    /// Finished tasks are deleted this long after they finished — their records, images and uploaded inputs — unless a callback is still owed; 0: kept forever [default: 0]
+    /// Finished tasks are deleted this long after they finished — their records, images and uploaded inputs — unless a callback is still owed; 0: kept forever. An application's own retention_seconds (admin API, `admin apps limits`) wins [default: 0]
     #[arg(long, env = "NANO_BANANA_RETENTION", value_name = "SECONDS")]
     pub retention: Option<u64>,
 
@@ -246,6 +246,14 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub retention_sweep_interval: Option<u64>,
+
+    /// How often each node counts the objects and bytes in the image store and the bytes of the database, for /metrics (a listing of the whole store: one request per 1,000 objects on S3); 0: never [default: 300]
+    #[arg(
+        long,
+        env = "NANO_BANANA_STORAGE_USAGE_INTERVAL",
+        value_name = "SECONDS"
+    )]
+    pub storage_usage_interval: Option<u64>,
 
     /// How long a client may take to send a request's head, counted from when its connection opened or its previous answer was sent; then the connection is closed (an idle keep-alive connection too) [default: 30]
     #[arg(long, env = "NANO_BANANA_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
@@ -368,6 +376,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// How often the retention sweeper runs.
     pub retention_sweep_interval: Duration,
+    /// How often the storage gauges of `/metrics` are counted again; `None`: never.
+    pub storage_usage_interval: Option<Duration>,
     /// How often idle workers look for due work even without a wake-up signal.
     pub poll_interval: Duration,
 }
@@ -463,6 +473,7 @@ impl Config {
             input_sweep_interval: Duration::from_secs(600),
             retention: None,
             retention_sweep_interval: Duration::from_secs(60),
+            storage_usage_interval: Some(Duration::from_secs(300)),
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -620,6 +631,9 @@ impl Config {
                 bail!("--retention-sweep-interval must be at least 1 second");
             }
             config.retention_sweep_interval = Duration::from_secs(s);
+        }
+        if let Some(s) = take!(storage_usage_interval) {
+            config.storage_usage_interval = (s > 0).then(|| Duration::from_secs(s));
         }
         if let Some(s) = take!(token_cache) {
             config.token_cache = Duration::from_secs(s);

@@ -114,7 +114,8 @@ async fn account(
          <p>Application <strong>{name}</strong>{disabled}</p></section>\
          <section class=\"card\" aria-labelledby=\"limits\"><h2 id=\"limits\">Limits</h2><dl class=\"facts\">\
          <dt>Requests per minute</dt><dd>{rate}</dd><dt>Burst</dt><dd>{burst}</dd>\
-         <dt>Unfinished tasks at once</dt><dd>{concurrent}</dd></dl></section></div>\
+         <dt>Unfinished tasks at once</dt><dd>{concurrent}</dd>\
+         <dt>Finished tasks and images kept</dt><dd>{kept}</dd></dl></section></div>\
          <section class=\"card\" aria-labelledby=\"usage\"><h2 id=\"usage\">Usage</h2>{usage}</section>\
          <section class=\"card\" aria-labelledby=\"tokens\"><h2 id=\"tokens\">Tokens</h2>\
          <div class=\"scroll\"><table><thead><tr><th scope=\"col\">Token</th><th scope=\"col\">Name</th>\
@@ -129,6 +130,10 @@ async fn account(
         rate = limit(app.rate_per_minute),
         burst = limit(app.burst),
         concurrent = limit(app.max_concurrent),
+        kept = match state.tasks.retention_of(app.retention_seconds) {
+            Some(kept) => format!("{} s", kept.as_secs()),
+            None => "forever".to_owned(),
+        },
         usage = usage_chart(&usage, false),
         csrf = html::csrf_field(&session.csrf),
     );

@@ -161,6 +161,7 @@ async fn admin_page(
                    <label for=\"rate-{id}\">Per minute</label><input id=\"rate-{id}\" name=\"rate_per_minute\" type=\"number\" min=\"1\" value=\"{rate}\">\
                    <label for=\"burst-{id}\">Burst</label><input id=\"burst-{id}\" name=\"burst\" type=\"number\" min=\"1\" value=\"{burst}\">\
                    <label for=\"conc-{id}\">At once</label><input id=\"conc-{id}\" name=\"max_concurrent\" type=\"number\" min=\"1\" value=\"{conc}\">\
+                   <label for=\"keep-{id}\">Keep tasks (s, 0 forever)</label><input id=\"keep-{id}\" name=\"retention_seconds\" type=\"number\" min=\"0\" value=\"{keep}\" placeholder=\"server default\">\
                    <button type=\"submit\" class=\"secondary\">Save limits</button></form>\
                  {toggle}</div></article>",
                 off = if app.disabled { " <span class=\"badge failed\">disabled</span>" } else { "" },
@@ -169,6 +170,7 @@ async fn admin_page(
                 rate = number(app.rate_per_minute),
                 burst = number(app.burst),
                 conc = number(app.max_concurrent),
+                keep = number(app.retention_seconds),
             )
         })
         .collect();
@@ -373,6 +375,8 @@ pub struct LimitsForm {
     burst: String,
     #[serde(default)]
     max_concurrent: String,
+    #[serde(default)]
+    retention_seconds: String,
 }
 
 pub async fn limits(
@@ -388,6 +392,7 @@ pub async fn limits(
                 rate_per_minute: optional_number(&form.rate_per_minute, "Per minute")?,
                 burst: optional_number(&form.burst, "Burst")?,
                 max_concurrent: optional_number(&form.max_concurrent, "At once")?,
+                retention_seconds: optional_number(&form.retention_seconds, "Keep tasks")?,
             },
         })
     })();

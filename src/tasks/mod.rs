@@ -36,6 +36,7 @@ pub mod callbacks;
 pub mod inputs;
 mod output;
 mod retention;
+mod usage;
 mod worker;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -84,6 +85,8 @@ pub struct TaskSettings {
     pub retention: Option<Duration>,
     /// How often the retention sweeper looks.
     pub retention_sweep_interval: Duration,
+    /// How often the storage gauges are counted (`usage.rs`); `None`: never.
+    pub storage_usage_interval: Option<Duration>,
 }
 
 impl TaskSettings {
@@ -106,6 +109,7 @@ impl TaskSettings {
                 .is_ok_and(|fault| fault == inputs::PAUSE_AFTER_INPUT_WRITE),
             retention: config.retention,
             retention_sweep_interval: config.retention_sweep_interval,
+            storage_usage_interval: config.storage_usage_interval,
         }
     }
 }
@@ -199,6 +203,7 @@ impl Tasks {
             shutdown.clone(),
         ));
         let expirer = tokio::spawn(retention::sweep(self.clone(), shutdown.clone()));
+        tokio::spawn(usage::count(self.clone(), shutdown.clone()));
         // Kept until the workers have stopped: while they drain, a sync request waiting here
         // for a task another node runs is still answered when that node finishes it.
         let listener = tokio::spawn(listen(self.clone()));
@@ -505,6 +510,16 @@ impl Tasks {
     /// The models this server's configuration offers.
     pub fn offered_models(&self) -> Vec<Model> {
         self.routes.offered()
+    }
+
+    /// How long an application's finished tasks are kept: its own `retention_seconds` (0:
+    /// forever) or else `--retention`; `None` is forever.
+    pub fn retention_of(&self, retention_seconds: Option<i64>) -> Option<Duration> {
+        match retention_seconds {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s.unsigned_abs())),
+            None => self.settings.retention,
+        }
     }
 
     /// Every offered model's routes and their state, as this process sees them.

@@ -1,6 +1,6 @@
-//! Retention (`--retention`): finished tasks are deleted once they are that old — the images
-//! their answers name (and the console's thumbnails of them), then their records, which takes
-//! their uploaded inputs' counts down (`inputs.rs`: the input sweeper deletes an input no record
+//! Retention (`--retention`, or an application's own `retention_seconds`): finished tasks are
+//! deleted once they are that old — the images their answers name (and the console's thumbnails
+//! of them), then their records, which takes their uploaded inputs' counts down (`inputs.rs`: the input sweeper deletes an input no record
 //! uses once its grace period has passed). A task still running, or whose callback is still
 //! owed, is never deleted. Every node sweeps; a batch is claimed first (`Db::claim_expired_tasks`)
 //! and each record deleted only under that claim, so two nodes never delete one thing twice. An
@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{Tasks, inputs::request_inputs};
-use crate::storage::images::ImageStore;
+use crate::storage::{db::Expiring, images::ImageStore};
 
 /// Tasks per claim.
 const BATCH: usize = 100;
@@ -30,11 +30,9 @@ pub struct Expired {
 }
 
 /// The sweeper of one process: a pass every `--retention-sweep-interval` (the first soon after
-/// start) until shutdown. Does nothing when retention is off.
+/// start) until shutdown. It runs even when `--retention` is off, for the applications with a
+/// retention of their own (one small query a pass when there are none).
 pub(super) async fn sweep(tasks: Arc<Tasks>, shutdown: watch::Receiver<bool>) {
-    if tasks.settings.retention.is_none() {
-        return;
-    }
     let every = tasks.settings.retention_sweep_interval;
     super::inputs::periodically(every, shutdown, || {
         let tasks = tasks.clone();
@@ -48,20 +46,58 @@ pub(super) async fn sweep(tasks: Arc<Tasks>, shutdown: watch::Receiver<bool>) {
 }
 
 impl Tasks {
-    /// One pass of the retention sweeper: every finished task older than `--retention` that owes
-    /// no callback, deleted with its images, in batches. What it deleted.
+    /// One pass of the retention sweeper: every finished task that owes no callback and is older
+    /// than its application's retention (its own, or else `--retention`), deleted with its
+    /// images, in batches. What it deleted.
     pub async fn expire(&self) -> Result<Expired, super::inputs::SweepError> {
-        let mut expired = Expired::default();
-        let Some(retention) = self.settings.retention else {
-            return Ok(expired);
-        };
         let now = crate::domain::now_ms();
-        let cutoff = now - retention.as_millis() as i64;
+        let mut expired = Expired::default();
+        for (application, seconds) in self.db.retention_overrides().await? {
+            if seconds > 0 {
+                let cutoff = now.saturating_sub(seconds.saturating_mul(1000));
+                self.expire_batches(Expiring::Application(&application), cutoff, &mut expired)
+                    .await?;
+            }
+        }
+        if let Some(retention) = self.settings.retention {
+            let cutoff = now.saturating_sub(retention.as_millis() as i64);
+            self.expire_batches(Expiring::ByDefault, cutoff, &mut expired)
+                .await?;
+        }
+        if expired.tasks > 0 {
+            metrics::counter!("nano_banana_retention_deleted_total", "what" => "tasks")
+                .increment(expired.tasks);
+            metrics::counter!("nano_banana_retention_deleted_total", "what" => "images")
+                .increment(expired.images);
+            tracing::info!(
+                tasks = expired.tasks,
+                images = expired.images,
+                "retention sweeper deleted expired tasks"
+            );
+        }
+        Ok(expired)
+    }
+
+    /// Claims and deletes `whose` tasks that finished before `cutoff`, a batch at a time.
+    async fn expire_batches(
+        &self,
+        whose: Expiring<'_>,
+        cutoff: i64,
+        expired: &mut Expired,
+    ) -> Result<(), super::inputs::SweepError> {
         let owner = format!("retention:{}", self.owner);
         loop {
+            let now = crate::domain::now_ms();
             let batch = self
                 .db
-                .claim_expired_tasks(&owner, cutoff, now, now + CLAIM.as_millis() as i64, BATCH)
+                .claim_expired_tasks(
+                    &owner,
+                    whose,
+                    cutoff,
+                    now,
+                    now + CLAIM.as_millis() as i64,
+                    BATCH,
+                )
                 .await?;
             for task in &batch {
                 let keys = image_keys(task.response.as_deref());
@@ -82,21 +118,9 @@ impl Tasks {
                 }
             }
             if batch.len() < BATCH {
-                break;
+                return Ok(());
             }
         }
-        if expired.tasks > 0 {
-            metrics::counter!("nano_banana_retention_deleted_total", "what" => "tasks")
-                .increment(expired.tasks);
-            metrics::counter!("nano_banana_retention_deleted_total", "what" => "images")
-                .increment(expired.images);
-            tracing::info!(
-                tasks = expired.tasks,
-                images = expired.images,
-                "retention sweeper deleted expired tasks"
-            );
-        }
-        Ok(expired)
     }
 }
 

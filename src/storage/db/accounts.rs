@@ -193,7 +193,7 @@ impl Db {
         on_pool!(self, |pool, pg| {
             let row = sqlx::query(
                 "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
-                     a.max_concurrent, a.created_at, \
+                     a.max_concurrent, a.retention_seconds, a.created_at, \
                      (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
                  FROM applications a WHERE a.id = $1",
             )
@@ -211,7 +211,7 @@ impl Db {
         on_pool!(self, |pool, pg| {
             let rows = sqlx::query(
                 "SELECT a.id, a.name, a.user_id, a.credits, a.disabled, a.rate_per_minute, a.burst, \
-                     a.max_concurrent, a.created_at, \
+                     a.max_concurrent, a.retention_seconds, a.created_at, \
                      (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger l WHERE l.application_id = a.id) AS ledger_sum \
                  FROM applications a ORDER BY a.created_at, a.id",
             )
@@ -264,22 +264,18 @@ impl Db {
         })
     }
 
-    /// Sets the rate limits; `None` means unlimited.
-    pub async fn set_application_limits(
-        &self,
-        id: &str,
-        rate_per_minute: Option<i64>,
-        burst: Option<i64>,
-        max_concurrent: Option<i64>,
-    ) -> Result<bool, DbError> {
+    /// Sets the limits: `None` means unlimited, and for retention the server's default.
+    pub async fn set_application_limits(&self, id: &str, limits: Limits) -> Result<bool, DbError> {
         on_writer!(self, |pool, pg| {
             let done = sqlx::query(
-                "UPDATE applications SET rate_per_minute = $2, burst = $3, max_concurrent = $4 WHERE id = $1",
+                "UPDATE applications SET rate_per_minute = $2, burst = $3, max_concurrent = $4, \
+                     retention_seconds = $5 WHERE id = $1",
             )
             .bind(id)
-            .bind(rate_per_minute)
-            .bind(burst)
-            .bind(max_concurrent)
+            .bind(limits.rate_per_minute)
+            .bind(limits.burst)
+            .bind(limits.max_concurrent)
+            .bind(limits.retention_seconds)
             .execute(pool)
             .await?;
             Ok(done.rows_affected() == 1)
@@ -391,9 +387,27 @@ pub struct ApplicationRow {
     pub rate_per_minute: Option<i64>,
     pub burst: Option<i64>,
     pub max_concurrent: Option<i64>,
+    /// How long its finished tasks are kept, in seconds: `None` the server's `--retention`,
+    /// 0 forever.
+    pub retention_seconds: Option<i64>,
     pub created_at: i64,
     /// The sum of the application's ledger; always equal to `credits`.
     pub ledger_sum: i64,
+}
+
+/// An application's limits, as stored; `None` is unlimited (for retention: the server's
+/// `--retention`). The admin API's `limits` object and `nano-banana admin limits` set them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Requests per minute (GCRA).
+    pub rate_per_minute: Option<i64>,
+    /// Requests allowed at once above the steady rate (1 when omitted).
+    pub burst: Option<i64>,
+    /// Unfinished tasks allowed at once.
+    pub max_concurrent: Option<i64>,
+    /// How long the application's finished tasks and their images are kept, in seconds; 0
+    /// keeps them forever (`tasks::retention`).
+    pub retention_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -436,6 +450,7 @@ where
         rate_per_minute: row.try_get("rate_per_minute")?,
         burst: row.try_get("burst")?,
         max_concurrent: row.try_get("max_concurrent")?,
+        retention_seconds: row.try_get("retention_seconds")?,
         created_at: row.try_get("created_at")?,
         ledger_sum: row.try_get("ledger_sum")?,
     })

@@ -335,6 +335,7 @@ const TABLES: [Table; 9] = {
                 ("rate_per_minute", Int),
                 ("burst", Int),
                 ("max_concurrent", Int),
+                ("retention_seconds", Int),
             ],
         },
         Table {

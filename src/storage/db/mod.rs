@@ -204,10 +204,10 @@ mod copy;
 mod retention;
 mod tasks;
 
-pub use accounts::{ApplicationRow, TokenInfo, TokenRow, UsageRow};
+pub use accounts::{ApplicationRow, Limits, TokenInfo, TokenRow, UsageRow};
 pub use callbacks::{CallbackAttempt, CallbackOutcome, CallbackRow, DeliveryAttempt};
 pub use copy::TableCount;
-pub use retention::ExpiredTask;
+pub use retention::{ExpiredTask, Expiring};
 pub use tasks::{
     Admission, Claim, ClaimedTask, Completion, NewTask, Pace, QueueStats, TaskFilter, TaskRow,
     TaskSummary,
@@ -420,8 +420,9 @@ impl Db {
 
     /// How many bytes the database's tables and indexes take: SQLite's pages (those still in
     /// the write-ahead log included), or PostgreSQL's `pg_total_relation_size` (TOAST and
-    /// indexes included) of every table in the current schema. For the growth checks of
-    /// tests/api/inputs.rs and the benchmark's S5.
+    /// indexes included) of every table in the current schema. For `/metrics`
+    /// (`nano_banana_database_bytes`), the growth checks of tests/api/inputs.rs and the
+    /// benchmark's S5.
     pub async fn size_bytes(&self) -> Result<i64, DbError> {
         on_pool!(self, |pool, pg| {
             let row = sqlx::query(if pg {

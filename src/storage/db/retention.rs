@@ -18,47 +18,78 @@ pub struct ExpiredTask {
     pub request: Option<String>,
 }
 
+/// Whose tasks a claim looks at: retention is the server's `--retention` unless an application
+/// has its own (`applications.retention_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiring<'a> {
+    /// The tasks of every application without a retention of its own.
+    ByDefault,
+    /// The tasks of this application, which has its own.
+    Application(&'a str),
+}
+
 impl Db {
-    /// Claims up to `limit` tasks that finished before `cutoff` (Unix ms) and owe no callback,
-    /// for `owner` until `claim_until`; oldest first. Rows another sweeper holds (its claim not
-    /// yet run out at `now`) are skipped.
+    /// The applications with a retention of their own: id and seconds (0: forever).
+    pub async fn retention_overrides(&self) -> Result<Vec<(String, i64)>, DbError> {
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(
+                "SELECT id, retention_seconds FROM applications \
+                 WHERE retention_seconds IS NOT NULL ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("id")?, row.try_get("retention_seconds")?)))
+                .collect()
+        })
+    }
+
+    /// Claims up to `limit` of `whose` tasks that finished before `cutoff` (Unix ms) and owe no
+    /// callback, for `owner` until `claim_until`; oldest first. Rows another sweeper holds (its
+    /// claim not yet run out at `now`) are skipped.
     pub async fn claim_expired_tasks(
         &self,
         owner: &str,
+        whose: Expiring<'_>,
         cutoff: i64,
         now: i64,
         claim_until: i64,
         limit: usize,
     ) -> Result<Vec<ExpiredTask>, DbError> {
+        // One application's tasks are found through its (application_id, created_at) index: a
+        // task finished before the cutoff was created before it too.
+        let (scope, application) = match whose {
+            Expiring::ByDefault => (
+                "AND application_id NOT IN \
+                     (SELECT id FROM applications WHERE retention_seconds IS NOT NULL)",
+                None,
+            ),
+            Expiring::Application(id) => ("AND application_id = $6 AND created_at < $3", Some(id)),
+        };
         on_writer!(self, |pool, pg| {
-            macro_rules! claim {
-                ($lock:literal) => {
-                    concat!(
-                        "UPDATE tasks SET lease_owner = $1, lease_until = $2 \
-                         WHERE id IN (SELECT id FROM tasks \
-                             WHERE state IN ('succeeded', 'failed') AND finished_at < $3 \
-                               AND (lease_until IS NULL OR lease_until < $4) \
-                               AND NOT EXISTS (SELECT 1 FROM callbacks c \
-                                   WHERE c.task_id = tasks.id AND c.state = 'pending') \
-                             ORDER BY finished_at LIMIT $5",
-                        $lock,
-                        ") RETURNING id, response, \
-                             (SELECT request FROM task_requests WHERE task_id = tasks.id) AS request"
-                    )
-                };
+            let sql = format!(
+                "UPDATE tasks SET lease_owner = $1, lease_until = $2 \
+                 WHERE id IN (SELECT id FROM tasks \
+                     WHERE state IN ('succeeded', 'failed') AND finished_at < $3 {scope} \
+                       AND (lease_until IS NULL OR lease_until < $4) \
+                       AND NOT EXISTS (SELECT 1 FROM callbacks c \
+                           WHERE c.task_id = tasks.id AND c.state = 'pending') \
+                     ORDER BY finished_at LIMIT $5{lock}) \
+                 RETURNING id, response, \
+                     (SELECT request FROM task_requests WHERE task_id = tasks.id) AS request",
+                lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" },
+            );
+            // Only the literals above go into the statement; the values are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(claim_until)
+                .bind(cutoff)
+                .bind(now)
+                .bind(limit as i64);
+            if let Some(id) = application {
+                query = query.bind(id);
             }
-            let rows = sqlx::query(if pg {
-                claim!(" FOR UPDATE SKIP LOCKED")
-            } else {
-                claim!("")
-            })
-            .bind(owner)
-            .bind(claim_until)
-            .bind(cutoff)
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(pool)
-            .await?;
+            let rows = query.fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     Ok(ExpiredTask {
