@@ -674,23 +674,15 @@ async fn the_admin_area_tops_up_and_the_account_shows_it() {
     )
     .await;
     assert_eq!(answer.status(), 303);
-    assert_eq!(
-        admin_app_form(&app.address, &admin, &id, "disable", &[])
-            .await
-            .status(),
-        303
-    );
+    let disabled = admin_app_form(&app.address, &admin, &id, "disable", &[]).await;
+    assert_eq!(disabled.status(), 303);
     let refused = get(&app.address, "/console/account", &session.cookie).await;
     assert_eq!(
         refused.headers()[header::LOCATION],
         "/console/sign-in?reason=disabled"
     );
-    assert_eq!(
-        admin_app_form(&app.address, &admin, &id, "enable", &[])
-            .await
-            .status(),
-        303
-    );
+    let enabled = admin_app_form(&app.address, &admin, &id, "enable", &[]).await;
+    assert_eq!(enabled.status(), 303);
     let routes = read_page(&app.address, "/console/admin", &admin.cookie).await;
     assert!(routes.contains("Upstream routes"));
     assert!(routes.contains("placeholder"), "{routes}");
