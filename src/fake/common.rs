@@ -1,11 +1,15 @@
-//! What the OpenAI-shaped fakes (`openai`, `chat`) share: serving an axum router on loopback
-//! until dropped, PNGs of a requested size in one colour (encoded once per size), `[fake:…]`
-//! prompt tags, durations and hanging until shutdown. Imports nothing of the crate outside
-//! `fake`; the Gemini fake keeps its own.
+//! What the fakes share. All of them (`gemini`, `openai`, `chat`): counting and recording
+//! requests and the queue of scripted outcomes ([`Calls`]), and serving an axum router on
+//! loopback until dropped ([`Server`]; the Gemini fake on a listener of its own, which counts
+//! connections and may bind a given address). The OpenAI-shaped ones (`openai`, `chat`) also:
+//! PNGs of a requested size in one colour (encoded once per size), `[fake:…]` prompt tags,
+//! durations and hanging until shutdown; the Gemini fake keeps its own of those. Imports nothing
+//! of the crate outside `fake`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
-/// Edits carry up to 16 inputs of up to 50 MB at OpenAI; tests send far less.
+/// Edits carry up to 16 inputs of up to 50 MB at OpenAI; Google accepts 100 MB of inline data;
+/// the bench sends 8 MB images to the Gemini fake (≈ 11 MB of base64 each, several per request).
 const MAX_REQUEST_BYTES: usize = 256 << 20;
 /// The largest side the fakes draw; a bigger request gets an error, not a huge allocation.
 pub const MAX_SIDE: u32 = 8192;
@@ -41,6 +46,22 @@ impl Server {
     ) -> io::Result<Server> {
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         let addr = listener.local_addr()?;
+        Ok(Server::serve(listener, addr, router, name, shutdown))
+    }
+
+    /// Serves `router` on `listener` (bound at `addr`; a listener of the fake's own, such as
+    /// one that counts connections) until `shutdown` says so or the server is dropped.
+    pub(super) fn serve<L>(
+        listener: L,
+        addr: SocketAddr,
+        router: Router,
+        name: &'static str,
+        shutdown: watch::Sender<bool>,
+    ) -> Server
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let app = router.layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES));
         let mut stop = shutdown.subscribe();
         let server = tokio::spawn(async move {
@@ -51,11 +72,11 @@ impl Server {
                 tracing::warn!("fake {name} stopped: {err}");
             }
         });
-        Ok(Server {
+        Server {
             addr,
             shutdown,
             server,
-        })
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -75,6 +96,69 @@ impl Drop for Server {
 /// Waits until the fake shuts down.
 pub(super) async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopped| *stopped).await;
+}
+
+/// What a fake keeps of the requests it receives and what it has been told to answer them with:
+/// every request counted, the latest ones recorded (`R`, each fake's own record), and the
+/// outcomes (`S`, each fake's own scenarios) queued for coming requests, taken first in, first
+/// out.
+pub(super) struct Calls<R, S> {
+    /// How many recorded requests are kept; 0 records none.
+    limit: usize,
+    count: AtomicUsize,
+    recorded: Mutex<VecDeque<R>>,
+    scenarios: Mutex<VecDeque<S>>,
+}
+
+impl<R: Clone, S> Calls<R, S> {
+    pub(super) fn new(limit: usize) -> Calls<R, S> {
+        Calls {
+            limit,
+            count: AtomicUsize::new(0),
+            recorded: Mutex::new(VecDeque::new()),
+            scenarios: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Counts a request, whatever its path or outcome.
+    pub(super) fn received(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`Calls::record`] keeps anything (a fake can skip building its record if not).
+    pub(super) fn records(&self) -> bool {
+        self.limit > 0
+    }
+
+    /// Keeps `request`, dropping the oldest beyond the limit.
+    pub(super) fn record(&self, request: R) {
+        if !self.records() {
+            return;
+        }
+        let mut recorded = lock(&self.recorded);
+        while recorded.len() >= self.limit {
+            recorded.pop_front();
+        }
+        recorded.push_back(request);
+    }
+
+    /// The recorded requests, oldest first.
+    pub(super) fn requests(&self) -> Vec<R> {
+        lock(&self.recorded).iter().cloned().collect()
+    }
+
+    pub(super) fn push_scenario(&self, scenario: S) {
+        lock(&self.scenarios).push_back(scenario);
+    }
+
+    /// The next queued outcome, if any.
+    pub(super) fn next_scenario(&self) -> Option<S> {
+        lock(&self.scenarios).pop_front()
+    }
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

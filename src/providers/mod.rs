@@ -18,6 +18,7 @@ pub mod openai;
 pub mod origin;
 pub mod placeholder;
 pub mod routing;
+pub(crate) mod upstream_error;
 pub mod vertex;
 
 pub use routing::{ModelRoutes, Pick, Route, RouteStatus, Routes};
@@ -114,6 +115,7 @@ pub trait ImageProvider: Send + Sync {
     /// Short name for logs and metrics: `gemini`, `placeholder`.
     fn name(&self) -> &'static str;
     /// Makes one image. Retries are the caller's business: do one upstream call per invocation.
+    /// So are timing and logging the call: [`Route::generate`] does both for every provider.
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError>;
 }
 

@@ -18,7 +18,7 @@ use std::{
 use rand::Rng;
 use serde::Serialize;
 
-use super::{ImageProvider, ProviderError};
+use super::{GeneratedImage, ImageJob, ImageProvider, ProviderError};
 use crate::domain::{Model, now_ms};
 
 /// How many recent errors a route remembers for the admin API.
@@ -108,6 +108,38 @@ impl Route {
     /// When its cooldown ends, if it is cooling down at `now`.
     fn cooling_until(&self, now: Instant) -> Option<Instant> {
         self.health().cooling_until.filter(|until| *until > now)
+    }
+
+    /// One call of this route's provider, and how long it took. Every provider's call passes
+    /// here, so its outcome is logged (at debug level, with what was asked and what came back)
+    /// once for all of them rather than by each provider. The caller keeps the route's health:
+    /// [`Route::succeeded`] or [`Route::failed`].
+    pub async fn generate(
+        &self,
+        job: &ImageJob,
+    ) -> (Result<GeneratedImage, ProviderError>, Duration) {
+        let provider = self.provider.name();
+        let started = Instant::now();
+        let result = self.provider.generate(job).await;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        match &result {
+            Ok(image) => tracing::debug!(
+                upstream_model = %job.upstream_model,
+                inputs = job.inputs.len(),
+                bytes = image.bytes.len(),
+                elapsed_ms,
+                "{provider} made an image"
+            ),
+            Err(err) => tracing::debug!(
+                upstream_model = %job.upstream_model,
+                inputs = job.inputs.len(),
+                elapsed_ms,
+                error = %err,
+                "{provider} call failed"
+            ),
+        }
+        (result, elapsed)
     }
 
     /// The route made an image.

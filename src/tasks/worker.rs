@@ -530,9 +530,8 @@ async fn generate_with_failover(
             ..template.clone()
         };
         let provider = route.provider.as_ref();
-        let started = Instant::now();
-        let result = provider.generate(&job).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (result, elapsed) = route.generate(&job).await;
+        let elapsed_ms = elapsed.as_millis() as u64;
         metrics::counter!(
             "nano_banana_upstream_calls_total",
             "provider" => provider.name(),

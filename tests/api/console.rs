@@ -77,24 +77,69 @@ async fn get(base: &str, path: &str, cookie: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// Signs in with `token` the way a browser does (the sign-in page's check cookie and field).
-pub async fn sign_in(base: &str, token: &str) -> Session {
-    let page = get(base, "/console/sign-in", "").await;
+/// The page at `path`, as `cookie` sees it.
+async fn read_page(base: &str, path: &str, cookie: &str) -> String {
+    get(base, path, cookie).await.text().await.unwrap()
+}
+
+/// The `name=value` of a `Set-Cookie` header, as a browser sends it back.
+fn cookie_of(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// Fills in a form that is guarded by a check cookie instead of a session (sign-in, sign-up,
+/// the admin area's sign-in) as a browser does: opens `page`, then posts `field` to `action`
+/// with the page's check cookie and CSRF value.
+async fn submit_guarded_form(
+    base: &str,
+    page: &str,
+    action: &str,
+    field: (&str, &str),
+) -> reqwest::Response {
+    let page = get(base, page, "").await;
     assert_eq!(page.status(), 200);
     let presign = set_cookie(&page, "nb_presign").expect("the sign-in check cookie");
-    let presign = presign.split(';').next().unwrap().to_owned();
     let check = csrf_in(&page.text().await.unwrap());
-    let answer = post_form(
+    post_form(
+        base,
+        action,
+        &cookie_of(&presign),
+        &[("csrf", &check), field],
+    )
+    .await
+}
+
+/// The new token a page shows once (after making one, or signing up).
+fn shown_token(html: &str) -> String {
+    let at = html.find("<code id=\"token-value\">").unwrap() + 23;
+    html[at..].split('<').next().unwrap().to_owned()
+}
+
+/// Posts a console form as the signed-in `session`, its CSRF token first.
+async fn post_as(
+    base: &str,
+    path: &str,
+    session: &Session,
+    pairs: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut fields = vec![("csrf", session.csrf.as_str())];
+    fields.extend_from_slice(pairs);
+    post_form(base, path, &session.cookie, &fields).await
+}
+
+/// Signs in with `token` the way a browser does (the sign-in page's check cookie and field).
+pub async fn sign_in(base: &str, token: &str) -> Session {
+    let answer = submit_guarded_form(
         base,
         "/console/sign-in",
-        &presign,
-        &[("csrf", &check), ("token", token)],
+        "/console/sign-in",
+        ("token", token),
     )
     .await;
     assert_eq!(answer.status(), 303, "{:?}", answer.text().await);
     assert_eq!(answer.headers()[header::LOCATION], "/");
     let set = set_cookie(&answer, "nb_session").expect("a session cookie");
-    let cookie = set.split(';').next().unwrap().to_owned();
+    let cookie = cookie_of(&set);
     let home = get(base, "/", &cookie).await;
     assert_eq!(home.status(), 200);
     let csrf = csrf_in(&home.text().await.unwrap());
@@ -132,23 +177,34 @@ pub fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> (Str
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// Submits the playground form as its script does (asking for JSON).
+/// Submits the playground form: as its script does (asking for JSON) when `script`, else as a
+/// browser without script does (and gets a page).
+async fn submit_playground(
+    base: &str,
+    cookie: &str,
+    fields: &[(&str, &str)],
+    files: &[(&str, &str, &[u8])],
+    script: bool,
+) -> reqwest::Response {
+    let (content_type, body) = multipart(fields, files);
+    let mut request = client()
+        .post(format!("{base}/console/generate"))
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, content_type);
+    if script {
+        request = request.header(header::ACCEPT, "application/json");
+    }
+    request.body(body).send().await.unwrap()
+}
+
+/// Submits the playground form as its script does: the status and the JSON answer.
 async fn generate(
     app: &TestApp,
     session: &Session,
     fields: &[(&str, &str)],
     files: &[(&str, &str, &[u8])],
 ) -> (StatusCode, Value) {
-    let (content_type, body) = multipart(fields, files);
-    let answer = client()
-        .post(format!("{}/console/generate", app.address))
-        .header(header::COOKIE, &session.cookie)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::ACCEPT, "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let answer = submit_playground(&app.address, &session.cookie, fields, files, true).await;
     let status = answer.status();
     let text = answer.text().await.unwrap();
     (
@@ -221,11 +277,7 @@ async fn the_session_cookie_is_http_only_strict_and_secure_over_https() {
     assert!(!flags.contains("Secure"), "plain http: {flags}");
     // The token is not in the cookie as typed, nor in any page.
     assert!(!flags.contains(&app.token));
-    let home = get(&app.address, "/", &session.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let home = read_page(&app.address, "/", &session.cookie).await;
     assert!(!home.contains(&app.token));
 
     let https =
@@ -261,23 +313,17 @@ async fn forms_without_the_csrf_token_are_refused() {
     let app = spawn_admin_app(|_| {}).await;
     let session = sign_in(&app.address, &app.token).await;
     // Sign-in itself: without the check cookie, or with another value.
-    let answer = post_form(
-        &app.address,
-        "/console/sign-in",
-        "",
-        &[("csrf", "x"), ("token", &app.token)],
-    )
-    .await;
-    assert_eq!(answer.status(), 403);
-    assert!(set_cookie(&answer, "nb_session").is_none());
-    let answer = post_form(
-        &app.address,
-        "/console/sign-in",
-        "nb_presign=abc",
-        &[("csrf", "abd"), ("token", &app.token)],
-    )
-    .await;
-    assert_eq!(answer.status(), 403);
+    for (presign, csrf) in [("", "x"), ("nb_presign=abc", "abd")] {
+        let answer = post_form(
+            &app.address,
+            "/console/sign-in",
+            presign,
+            &[("csrf", csrf), ("token", &app.token)],
+        )
+        .await;
+        assert_eq!(answer.status(), 403);
+        assert!(set_cookie(&answer, "nb_session").is_none());
+    }
 
     // The playground: no task is made without the token, or with another session's.
     for csrf in ["", "0".repeat(64).as_str()] {
@@ -291,39 +337,15 @@ async fn forms_without_the_csrf_token_are_refused() {
     );
 
     // Tokens, sign-out and every admin form.
-    assert_eq!(
-        post_form(
-            &app.address,
-            "/console/tokens",
-            &session.cookie,
-            &[("name", "x")]
-        )
-        .await
-        .status(),
-        403
-    );
-    assert_eq!(
-        post_form(
-            &app.address,
-            "/console/tokens/x/revoke",
-            &session.cookie,
-            &[]
-        )
-        .await
-        .status(),
-        403
-    );
-    assert_eq!(
-        post_form(
-            &app.address,
-            "/console/sign-out",
-            &session.cookie,
-            &[("csrf", "nope")]
-        )
-        .await
-        .status(),
-        403
-    );
+    let user_forms: [(&str, &[(&str, &str)]); 3] = [
+        ("/console/tokens", &[("name", "x")]),
+        ("/console/tokens/x/revoke", &[]),
+        ("/console/sign-out", &[("csrf", "nope")]),
+    ];
+    for (path, pairs) in user_forms {
+        let answer = post_form(&app.address, path, &session.cookie, pairs).await;
+        assert_eq!(answer.status(), 403, "{path}");
+    }
     let admin = admin_sign_in(&app.address).await;
     let id = application_id(&app).await;
     for path in [
@@ -355,6 +377,23 @@ async fn forms_without_the_csrf_token_are_refused() {
     assert_eq!(crate::helpers::balance(&app, &id).await.0, 1_000_000);
 }
 
+/// Posts the admin area's form `action` (`topup`, `limits`, `disable`, …) for application `id`.
+async fn admin_app_form(
+    base: &str,
+    admin: &Session,
+    id: &str,
+    action: &str,
+    pairs: &[(&str, &str)],
+) -> reqwest::Response {
+    post_as(
+        base,
+        &format!("/console/admin/apps/{id}/{action}"),
+        admin,
+        pairs,
+    )
+    .await
+}
+
 /// The bootstrap application's id.
 async fn application_id(app: &TestApp) -> String {
     let apps = app.admin(reqwest::Method::GET, "/admin/apps", None).await;
@@ -366,29 +405,20 @@ async fn application_id(app: &TestApp) -> String {
 
 /// Signs in to the admin area with `ADMIN_KEY`.
 async fn admin_sign_in(base: &str) -> Session {
-    let page = get(base, "/console/admin", "").await;
-    assert_eq!(page.status(), 200);
-    let presign = set_cookie(&page, "nb_presign").unwrap();
-    let presign = presign.split(';').next().unwrap().to_owned();
-    let check = csrf_in(&page.text().await.unwrap());
-    let answer = post_form(
+    let answer = submit_guarded_form(
         base,
+        "/console/admin",
         "/console/admin/sign-in",
-        &presign,
-        &[("csrf", &check), ("key", ADMIN_KEY)],
+        ("key", ADMIN_KEY),
     )
     .await;
     assert_eq!(answer.status(), 303);
     let set = set_cookie(&answer, "nb_admin").unwrap();
-    let cookie = set.split(';').next().unwrap().to_owned();
-    let page = get(base, "/console/admin", &cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let cookie = cookie_of(&set);
+    let csrf = csrf_in(&read_page(base, "/console/admin", &cookie).await);
     Session {
         cookie,
-        csrf: csrf_in(&page),
+        csrf,
         set_cookie: set,
     }
 }
@@ -398,43 +428,22 @@ async fn another_applications_task_page_answers_404() {
     let app = spawn_admin_app(|_| {}).await;
     let (_, other_token) = application(&app, 1000, json!({})).await;
     let theirs = app
-        .post(
-            "/nano-banana/images",
-            Some(&other_token),
-            json!({"prompt": "theirs", "async": true}).to_string(),
-        )
+        .post_images_as(&other_token, json!({"prompt": "theirs", "async": true}))
         .await;
     let their_id = theirs.body["task_id"].as_str().unwrap().to_owned();
     let session = sign_in(&app.address, &app.token).await;
-    let page = get(
-        &app.address,
-        &format!("/console/tasks/{their_id}"),
-        &session.cookie,
-    )
-    .await;
+    let task_page = format!("/console/tasks/{their_id}");
+    let page = get(&app.address, &task_page, &session.cookie).await;
     assert_eq!(page.status(), 404);
     assert!(!page.text().await.unwrap().contains("theirs"));
-    let state = get(
-        &app.address,
-        &format!("/console/tasks/{their_id}/state"),
-        &session.cookie,
-    )
-    .await;
+    let state_path = format!("{task_page}/state");
+    let state = get(&app.address, &state_path, &session.cookie).await;
     assert_eq!(state.status(), 404);
-    let gallery = get(&app.address, "/console/gallery", &session.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let gallery = read_page(&app.address, "/console/gallery", &session.cookie).await;
     assert!(!gallery.contains(&their_id));
     // Their own session sees it.
     let theirs = sign_in(&app.address, &other_token).await;
-    let page = get(
-        &app.address,
-        &format!("/console/tasks/{their_id}"),
-        &theirs.cookie,
-    )
-    .await;
+    let page = get(&app.address, &task_page, &theirs.cookie).await;
     assert_eq!(page.status(), 200);
 }
 
@@ -486,22 +495,18 @@ async fn the_playground_makes_tasks_the_gallery_and_task_page_show_them() {
     assert_eq!(record["request"]["image_urls"].as_array().unwrap().len(), 2);
 
     // A refusal is a sentence, and the form keeps what was typed (no script: a page).
-    let (content_type, body) = multipart(
+    let answer = submit_playground(
+        &app.address,
+        &session.cookie,
         &[
             ("csrf", &session.csrf),
             ("prompt", "kept prompt"),
             ("count", "9"),
         ],
         &[],
-    );
-    let answer = client()
-        .post(format!("{}/console/generate", app.address))
-        .header(header::COOKIE, &session.cookie)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        false,
+    )
+    .await;
     assert_eq!(answer.status(), 400);
     let html = answer.text().await.unwrap();
     assert!(
@@ -520,11 +525,7 @@ async fn the_playground_makes_tasks_the_gallery_and_task_page_show_them() {
     assert_eq!(refused, json!({"error": "Prompt must not be empty."}));
 
     // The gallery: newest first, with thumbnails made once and kept in the store.
-    let gallery = get(&app.address, "/console/gallery", &session.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let gallery = read_page(&app.address, "/console/gallery", &session.cookie).await;
     let (first, second) = (gallery.find(&edit_id).unwrap(), gallery.find(&id).unwrap());
     assert!(first < second, "newest first");
     assert!(gallery.contains(&format!("/console/thumbs/{key}")));
@@ -542,35 +543,26 @@ async fn the_playground_makes_tasks_the_gallery_and_task_page_show_them() {
         404
     );
     // Filters and paging.
-    let filtered = get(
+    let filtered = read_page(
         &app.address,
         "/console/gallery?state=failed",
         &session.cookie,
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(!filtered.contains(&id) && filtered.contains("No tasks match"));
-    let dated = get(
+    let dated = read_page(
         &app.address,
         "/console/gallery?from=2000-01-01&to=2000-01-02",
         &session.cookie,
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(!dated.contains(&id));
-    let wrong = get(
+    let wrong = read_page(
         &app.address,
         "/console/gallery?from=yesterday",
         &session.cookie,
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert!(wrong.contains("From must be a date"), "{wrong}");
 
     // The task page: request (escaped), response, timings, credits.
@@ -593,70 +585,45 @@ async fn the_playground_makes_tasks_the_gallery_and_task_page_show_them() {
 async fn tokens_made_in_the_console_work_until_revoked() {
     let app = spawn_app().await;
     let session = sign_in(&app.address, &app.token).await;
-    let answer = post_form(
+    let answer = post_as(
         &app.address,
         "/console/tokens",
-        &session.cookie,
-        &[("csrf", &session.csrf), ("name", "laptop")],
+        &session,
+        &[("name", "laptop")],
     )
     .await;
     assert_eq!(answer.status(), 200);
     let html = answer.text().await.unwrap();
-    let at = html.find("<code id=\"token-value\">").unwrap() + 23;
-    let token = html[at..].split('<').next().unwrap().to_owned();
+    let token = shown_token(&html);
     assert!(token.starts_with("nb-"), "{token}");
-    let made = app
-        .post(
-            "/nano-banana/images",
-            Some(&token),
-            json!({"prompt": "x"}).to_string(),
-        )
-        .await;
+    let made = app.post_images_as(&token, json!({"prompt": "x"})).await;
     assert_eq!(made.status, 200, "{}", made.body);
     // Shown once: the account page lists its prefix only.
-    let account = get(&app.address, "/console/account", &session.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let account = read_page(&app.address, "/console/account", &session.cookie).await;
     assert!(!account.contains(&token));
     assert!(account.contains(&token[..8]));
     let record = app
-        .post(
-            "/nano-banana/tasks",
-            Some(&token),
-            json!({"id": made.body["task_id"]}).to_string(),
-        )
+        .post_tasks_as(&token, json!({"id": made.body["task_id"]}))
         .await;
     let token_id = record.body["credential_id"].as_str().unwrap().to_owned();
-    let answer = post_form(
+    let answer = post_as(
         &app.address,
         &format!("/console/tokens/{token_id}/revoke"),
-        &session.cookie,
-        &[("csrf", &session.csrf)],
+        &session,
+        &[],
     )
     .await;
     assert_eq!(answer.status(), 303);
-    let refused = app
-        .post(
-            "/nano-banana/images",
-            Some(&token),
-            json!({"prompt": "x"}).to_string(),
-        )
-        .await;
+    let refused = app.post_images_as(&token, json!({"prompt": "x"})).await;
     crate::helpers::assert_error(&refused, 401, "invalid_token");
     // Revoking the session's own token ends the session.
-    let own = get(&app.address, "/console/account", &session.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let own = read_page(&app.address, "/console/account", &session.cookie).await;
     assert!(own.contains("this session"));
-    let answer = post_form(
+    let answer = post_as(
         &app.address,
         "/console/tokens/not-ours/revoke",
-        &session.cookie,
-        &[("csrf", &session.csrf)],
+        &session,
+        &[],
     )
     .await;
     assert_eq!(answer.status(), 404);
@@ -674,33 +641,17 @@ async fn the_admin_area_tops_up_and_the_account_shows_it() {
 
     let admin = admin_sign_in(&app.address).await;
     let id = application_id(&app).await;
-    let answer = post_form(
-        &app.address,
-        &format!("/console/admin/apps/{id}/topup"),
-        &admin.cookie,
-        &[("csrf", &admin.csrf), ("credits", "2500")],
-    )
-    .await;
+    let answer = admin_app_form(&app.address, &admin, &id, "topup", &[("credits", "2500")]).await;
     assert_eq!(answer.status(), 303);
     assert_eq!(crate::helpers::balance(&app, &id).await.0, 1_002_500);
     let session = sign_in(&app.address, &app.token).await;
-    let account = get(&app.address, "/console/account", &session.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let account = read_page(&app.address, "/console/account", &session.cookie).await;
     assert!(
         account.contains("<span id=\"credits\">1002500</span>"),
         "{account}"
     );
     // A refused change is a sentence on the admin page.
-    let answer = post_form(
-        &app.address,
-        &format!("/console/admin/apps/{id}/topup"),
-        &admin.cookie,
-        &[("csrf", &admin.csrf), ("credits", "-5")],
-    )
-    .await;
+    let answer = admin_app_form(&app.address, &admin, &id, "topup", &[("credits", "-5")]).await;
     assert_eq!(answer.status(), 400);
     assert!(
         answer
@@ -710,12 +661,12 @@ async fn the_admin_area_tops_up_and_the_account_shows_it() {
             .contains("Not done: Credits must be a positive number.")
     );
     // Limits, disable (the application's session ends), enable.
-    let answer = post_form(
+    let answer = admin_app_form(
         &app.address,
-        &format!("/console/admin/apps/{id}/limits"),
-        &admin.cookie,
+        &admin,
+        &id,
+        "limits",
         &[
-            ("csrf", &admin.csrf),
             ("rate_per_minute", "60"),
             ("burst", ""),
             ("max_concurrent", "3"),
@@ -723,38 +674,20 @@ async fn the_admin_area_tops_up_and_the_account_shows_it() {
     )
     .await;
     assert_eq!(answer.status(), 303);
-    let post = |path: &'static str| {
-        let (app, admin, id) = (&app, &admin, &id);
-        async move {
-            post_form(
-                &app.address,
-                &format!("/console/admin/apps/{id}/{path}"),
-                &admin.cookie,
-                &[("csrf", &admin.csrf)],
-            )
-            .await
-        }
-    };
-    assert_eq!(post("disable").await.status(), 303);
+    let disabled = admin_app_form(&app.address, &admin, &id, "disable", &[]).await;
+    assert_eq!(disabled.status(), 303);
     let refused = get(&app.address, "/console/account", &session.cookie).await;
     assert_eq!(
         refused.headers()[header::LOCATION],
         "/console/sign-in?reason=disabled"
     );
-    assert_eq!(post("enable").await.status(), 303);
-    let page = get(&app.address, "/console/admin", &admin.cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("Upstream routes"));
-    assert!(page.contains("placeholder"), "{page}");
+    let enabled = admin_app_form(&app.address, &admin, &id, "enable", &[]).await;
+    assert_eq!(enabled.status(), 303);
+    let routes = read_page(&app.address, "/console/admin", &admin.cookie).await;
+    assert!(routes.contains("Upstream routes"));
+    assert!(routes.contains("placeholder"), "{routes}");
     // A wrong admin key is refused with a sentence.
-    let wrong = get(&app.address, "/console/admin", "nb_admin=d3Jvbmc")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let wrong = read_page(&app.address, "/console/admin", "nb_admin=d3Jvbmc").await;
     assert!(wrong.contains("Admin key"));
 }
 
@@ -762,13 +695,7 @@ async fn the_admin_area_tops_up_and_the_account_shows_it() {
 async fn sign_out_clears_the_cookie() {
     let app = spawn_app().await;
     let session = sign_in(&app.address, &app.token).await;
-    let answer = post_form(
-        &app.address,
-        "/console/sign-out",
-        &session.cookie,
-        &[("csrf", &session.csrf)],
-    )
-    .await;
+    let answer = post_as(&app.address, "/console/sign-out", &session, &[]).await;
     assert_eq!(answer.status(), 303);
     let cleared = set_cookie(&answer, "nb_session").unwrap();
     assert!(
@@ -805,32 +732,18 @@ async fn no_token_ever_appears_in_a_url_or_a_log_line() {
     let token = crate::helpers::TOKEN;
 
     let session = sign_in(&base, token).await;
-    let (content_type, body) = multipart(&[("csrf", &session.csrf), ("prompt", "log test")], &[]);
-    let made: Value = client()
-        .post(format!("{base}/console/generate"))
-        .header(header::COOKIE, &session.cookie)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::ACCEPT, "application/json")
-        .body(body)
-        .send()
+    let fields = [("csrf", session.csrf.as_str()), ("prompt", "log test")];
+    let made: Value = submit_playground(&base, &session.cookie, &fields, &[], true)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let id = made["task_id"].as_str().unwrap().to_owned();
     // Every location the console sends a browser to, and every link of its pages.
     let mut locations = Vec::new();
-    let created = post_form(
-        &base,
-        "/console/tokens",
-        &session.cookie,
-        &[("csrf", &session.csrf), ("name", "x")],
-    )
-    .await;
+    let created = post_as(&base, "/console/tokens", &session, &[("name", "x")]).await;
     let html = created.text().await.unwrap();
-    let at = html.find("<code id=\"token-value\">").unwrap() + 23;
-    let new_token = html[at..].split('<').next().unwrap().to_owned();
+    let new_token = shown_token(&html);
     let other = sign_in(&base, &new_token).await;
     for path in [
         "/",
@@ -851,13 +764,7 @@ async fn no_token_ever_appears_in_a_url_or_a_log_line() {
             locations.push(href.split('"').next().unwrap().to_owned());
         }
     }
-    let signed_out = post_form(
-        &base,
-        "/console/sign-out",
-        &other.cookie,
-        &[("csrf", &other.csrf)],
-    )
-    .await;
+    let signed_out = post_as(&base, "/console/sign-out", &other, &[]).await;
     locations.push(
         signed_out.headers()[header::LOCATION]
             .to_str()
@@ -899,15 +806,11 @@ fn session_cookie_value(token: &str) -> String {
 
 /// Signs in with a token that is refused: the status.
 async fn sign_in_refused(base: &str, token: &str) -> u16 {
-    let page = get(base, "/console/sign-in", "").await;
-    let presign = set_cookie(&page, "nb_presign").unwrap();
-    let presign = presign.split(';').next().unwrap().to_owned();
-    let check = csrf_in(&page.text().await.unwrap());
-    post_form(
+    submit_guarded_form(
         base,
         "/console/sign-in",
-        &presign,
-        &[("csrf", &check), ("token", token)],
+        "/console/sign-in",
+        ("token", token),
     )
     .await
     .status()
@@ -916,19 +819,9 @@ async fn sign_in_refused(base: &str, token: &str) -> u16 {
 
 /// Submits the sign-up form as a browser does: the status, the page and the session cookie.
 async fn sign_up(base: &str, name: &str) -> (u16, String, Option<String>) {
-    let page = get(base, "/console/sign-up", "").await;
-    assert_eq!(page.status(), 200);
-    let presign = set_cookie(&page, "nb_presign").unwrap();
-    let presign = presign.split(';').next().unwrap().to_owned();
-    let check = csrf_in(&page.text().await.unwrap());
-    let answer = post_form(
-        base,
-        "/console/sign-up",
-        &presign,
-        &[("csrf", &check), ("name", name)],
-    )
-    .await;
-    let cookie = set_cookie(&answer, "nb_session").map(|c| c.split(';').next().unwrap().to_owned());
+    let answer =
+        submit_guarded_form(base, "/console/sign-up", "/console/sign-up", ("name", name)).await;
+    let cookie = set_cookie(&answer, "nb_session").map(|c| cookie_of(&c));
     (
         answer.status().as_u16(),
         answer.text().await.unwrap(),
@@ -949,19 +842,11 @@ async fn sign_up_is_off_unless_asked_for_then_limited_per_address() {
             .status(),
         404
     );
-    let signin = get(&plain.address, "/console/sign-in", "")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let signin = read_page(&plain.address, "/console/sign-in", "").await;
     assert!(!signin.contains("/console/sign-up"));
 
     let app = spawn_app_with(|c| c.signup_credits = Some(500)).await;
-    let signin = get(&app.address, "/console/sign-in", "")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let signin = read_page(&app.address, "/console/sign-in", "").await;
     assert!(signin.contains("/console/sign-up"));
     // Without the form's check value: refused, nothing made.
     let answer = post_form(
@@ -976,23 +861,14 @@ async fn sign_up_is_off_unless_asked_for_then_limited_per_address() {
     let (status, html, cookie) = sign_up(&app.address, "Ada's <studio>").await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("Ada&#39;s &lt;studio&gt;"));
-    let at = html.find("<code id=\"token-value\">").unwrap() + 23;
-    let token = html[at..].split('<').next().unwrap().to_owned();
+    let token = shown_token(&html);
     let made = app
-        .post(
-            "/nano-banana/images",
-            Some(&token),
-            json!({"prompt": "x", "async": true}).to_string(),
-        )
+        .post_images_as(&token, json!({"prompt": "x", "async": true}))
         .await;
     assert_eq!(made.status, 200, "{}", made.body);
     // Signed in with it: the account is the new application's, with its credits.
     let cookie = cookie.expect("signed in");
-    let account = get(&app.address, "/console/account", &cookie)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let account = read_page(&app.address, "/console/account", &cookie).await;
     assert!(account.contains("Ada&#39;s &lt;studio&gt;"), "{account}");
     assert!(account.contains("<span id=\"credits\">"), "{account}");
 

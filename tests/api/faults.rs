@@ -16,18 +16,21 @@ use std::{
 };
 
 use nano_banana::{
+    config::Config,
     fake::gemini::{FakeGemini, FakeGeminiOptions, Latency},
     storage::images::StorageConfig,
 };
-use nano_banana_testkit::{FaultProxy, HTTP_503, Stall, StallingReceiver, free_port};
+use nano_banana_testkit::{
+    CallbackReceiver, FaultProxy, HTTP_503, Stall, StallingReceiver, free_port,
+};
 use serde_json::{Value, json};
 
 use crate::{
     helpers::{
-        ADMIN_KEY, application, assert_error, callback_receiver, fresh_postgres_schema,
+        ADMIN_KEY, TestApp, application, assert_error, callback_receiver, fresh_postgres_schema,
         scaled_stack_env, spawn_admin_app, test_redis, test_redis_url, test_s3, use_gemini,
     },
-    procs::{assert_callbacks_match, start_server},
+    procs::{assert_callbacks_match, start_server, wait_until_ended_as},
 };
 
 /// Credits each test's application starts with; every task here costs one (`nano-banana`, 1K).
@@ -87,6 +90,97 @@ async fn slow_fake() -> FakeGemini {
     })
     .await
     .expect("the fake upstream starts")
+}
+
+/// What the fault tests of one server stand on: a slow fake Gemini, a callback receiver, and a
+/// server with 8 workers calling that fake (and whatever the test configures on top) that holds
+/// an application with [`CREDITS`]; the tasks submitted so far.
+struct Stage {
+    fake: FakeGemini,
+    receiver: CallbackReceiver,
+    app: TestApp,
+    app_id: String,
+    token: String,
+    client: reqwest::Client,
+    /// The server's address.
+    base: String,
+    submitted: Submitted,
+}
+
+impl Stage {
+    async fn start(configure: impl FnOnce(&mut Config)) -> Stage {
+        let fake = slow_fake().await;
+        let receiver = callback_receiver(0, false).await;
+        let upstream = fake.base_url();
+        let app = spawn_admin_app(move |c| {
+            configure(c);
+            use_gemini(c, &upstream, "k");
+            c.workers = 8;
+        })
+        .await;
+        let (app_id, token) = application(&app, CREDITS, json!({})).await;
+        let base = app.address.clone();
+        Stage {
+            fake,
+            receiver,
+            app,
+            app_id,
+            token,
+            client: reqwest::Client::new(),
+            base,
+            submitted: Submitted::default(),
+        }
+    }
+
+    /// `n` more async tasks, every other one with a callback to the receiver.
+    async fn submit(&mut self, n: usize) {
+        let callback_url = self.receiver.url();
+        submit(
+            &self.client,
+            &self.base,
+            &self.token,
+            n,
+            &callback_url,
+            &mut self.submitted,
+        )
+        .await;
+    }
+
+    /// Once the fault has passed: every task finished, once, every credit settled (see
+    /// [`settle`]); prints the counts as `fault`'s.
+    async fn settle_once(&self, fault: &str) {
+        let counts = settle(
+            &self.client,
+            &self.base,
+            &self.token,
+            &self.app_id,
+            &self.submitted,
+            &self.receiver,
+            &self.fake,
+        )
+        .await;
+        counts.print(fault);
+        assert_eq!(counts.rerun, 0, "results were kept, not made again");
+        assert_eq!(counts.settled, counts.credits_reserved);
+    }
+}
+
+/// A sync request for an image through `base`, sent in a task of its own: its status and answer.
+fn sync_request(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    i: usize,
+) -> tokio::task::JoinHandle<reqwest::Result<(u16, Value)>> {
+    let (client, url, token) = (
+        client.clone(),
+        format!("{base}/nano-banana/images"),
+        token.to_owned(),
+    );
+    tokio::spawn(async move {
+        let body = json!({"prompt": format!("sync {i}"), "model": "nano-banana"});
+        post(&client, &url, &token, &body).await
+    })
 }
 
 /// `host:port` of a service URL (`postgres://…`, `redis://…`, `http://…`).
@@ -163,38 +257,7 @@ async fn all_ended(
     token: &str,
     ids: &[String],
 ) -> HashMap<String, Value> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut records = HashMap::new();
-    loop {
-        for chunk in ids.chunks(50) {
-            let (status, batch) = post(
-                client,
-                &format!("{base}/nano-banana/tasks"),
-                token,
-                &json!({"action": "retrieve_batch", "ids": chunk}),
-            )
-            .await
-            .expect("request sent");
-            assert_eq!(status, 200, "{batch}");
-            for record in batch["items"].as_array().expect("records") {
-                let id = record["id"].as_str().expect("an id").to_owned();
-                records.insert(id, record.clone());
-            }
-        }
-        let ended = records
-            .values()
-            .filter(|r| r["state"] == "succeeded" || r["state"] == "failed")
-            .count();
-        if ended == ids.len() {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {ended} of {} tasks ended",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_ended_as(client, base, token, ids, Duration::from_secs(90)).await
 }
 
 /// Checks the books of application `id` through the admin API at `base`: its balance equals its
@@ -305,35 +368,19 @@ async fn pg_outage() {
     let proxy = FaultProxy::start(address_of(&database, 5432))
         .await
         .expect("the proxy starts");
-    let fake = slow_fake().await;
-    let receiver = callback_receiver(0, false).await;
-    let upstream = fake.base_url();
     let url = through(&database, &proxy);
-    let app = spawn_admin_app(move |c| {
-        c.database_url = url;
-        use_gemini(c, &upstream, "k");
-        c.workers = 8;
-    })
-    .await;
-    let (app_id, token) = application(&app, CREDITS, json!({})).await;
-    let client = reqwest::Client::new();
-    let base = app.address.clone();
-    let mut submitted = Submitted::default();
-    submit(&client, &base, &token, 30, &receiver.url(), &mut submitted).await;
+    let mut stage = Stage::start(move |c| c.database_url = url).await;
+    let (client, base, token) = (
+        stage.client.clone(),
+        stage.base.clone(),
+        stage.token.clone(),
+    );
+    stage.submit(30).await;
     // Sync requests in flight across the outage.
-    let mut waiting = Vec::new();
-    for i in 0..4 {
-        let (client, url, token) = (
-            client.clone(),
-            format!("{base}/nano-banana/images"),
-            token.clone(),
-        );
-        waiting.push(tokio::spawn(async move {
-            let body = json!({"prompt": format!("sync {i}"), "model": "nano-banana"});
-            post(&client, &url, &token, &body).await
-        }));
-    }
-    receiver.wait_for(3).await;
+    let waiting: Vec<_> = (0..4)
+        .map(|i| sync_request(&client, &base, &token, i))
+        .collect();
+    stage.receiver.wait_for(3).await;
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -343,7 +390,7 @@ async fn pg_outage() {
     let images = format!("{base}/nano-banana/images");
     let tasks = format!("{base}/nano-banana/tasks");
     let new_task = json!({"prompt": "during the outage", "async": true});
-    let read = json!({"action": "retrieve", "id": submitted.ids[0]});
+    let read = json!({"action": "retrieve", "id": stage.submitted.ids[0]});
     let (refused, unread) = tokio::join!(
         post(&client, &images, &token, &new_task),
         post(&client, &tasks, &token, &read),
@@ -364,21 +411,16 @@ async fn pg_outage() {
 
     // Back by itself.
     wait_readiness(&client, &base, 200, "").await;
-    submit(&client, &base, &token, 2, &receiver.url(), &mut submitted).await;
+    stage.submit(2).await;
     for request in waiting {
         let (status, body) = request.await.expect("joined").expect("answered");
         assert_eq!(status, 200, "{body}");
-        submitted
+        stage
+            .submitted
             .ids
             .push(body["task_id"].as_str().expect("a task id").to_owned());
     }
-    let counts = settle(
-        &client, &base, &token, &app_id, &submitted, &receiver, &fake,
-    )
-    .await;
-    counts.print("pg_outage");
-    assert_eq!(counts.rerun, 0, "results were kept, not made again");
-    assert_eq!(counts.settled, counts.credits_reserved);
+    stage.settle_once("pg_outage").await;
 }
 
 /// A small file system of the test's own (tmpfs; the suite runs as root, in CI too), which
@@ -440,32 +482,25 @@ impl Drop for SmallDisk {
 async fn sqlite_disk_full() {
     let disk = SmallDisk::mount(24);
     let dir = disk.path().to_owned();
-    let fake = slow_fake().await;
-    let receiver = callback_receiver(0, false).await;
-    let upstream = fake.base_url();
     let database = format!("sqlite://{}", dir.join("nano-banana.db").display());
     let url = database.clone();
-    let app = spawn_admin_app(move |c| {
+    let mut stage = Stage::start(move |c| {
         c.database_url = url;
         c.storage = StorageConfig::Local(dir.join("images"));
-        use_gemini(c, &upstream, "k");
-        c.workers = 8;
     })
     .await;
-    let (app_id, token) = application(&app, CREDITS, json!({})).await;
-    let client = reqwest::Client::new();
-    let base = app.address.clone();
-    let mut submitted = Submitted::default();
-    submit(&client, &base, &token, 24, &receiver.url(), &mut submitted).await;
-    receiver.wait_for(2).await;
+    let (client, base, token) = (
+        stage.client.clone(),
+        stage.base.clone(),
+        stage.token.clone(),
+    );
+    stage.submit(24).await;
+    stage.receiver.wait_for(2).await;
 
     disk.fill();
-    let during = app
-        .post(
-            "/nano-banana/images",
-            Some(&token),
-            json!({"prompt": "no room", "async": true}).to_string(),
-        )
+    let during = stage
+        .app
+        .post_images_as(&token, json!({"prompt": "no room", "async": true}))
         .await;
     assert_error(&during, 500, "api_error");
     let message = during.body["error"]["message"].as_str().unwrap_or_default();
@@ -475,12 +510,9 @@ async fn sqlite_disk_full() {
         during.body
     );
     // Reads do not need room.
-    let read = app
-        .post(
-            "/nano-banana/tasks",
-            Some(&token),
-            json!({"id": submitted.ids[0]}).to_string(),
-        )
+    let read = stage
+        .app
+        .post_tasks_as(&token, json!({"id": stage.submitted.ids[0]}))
         .await;
     assert_eq!(read.status, 200, "{}", read.body);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -498,7 +530,8 @@ async fn sqlite_disk_full() {
         .await
         .expect("answered");
         if again.0 == 200 {
-            submitted
+            stage
+                .submitted
                 .ids
                 .push(again.1["task_id"].as_str().expect("a task id").to_owned());
             break;
@@ -506,14 +539,8 @@ async fn sqlite_disk_full() {
         assert!(Instant::now() < deadline, "still refused: {}", again.1);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let counts = settle(
-        &client, &base, &token, &app_id, &submitted, &receiver, &fake,
-    )
-    .await;
-    counts.print("sqlite_disk_full");
-    assert_eq!(counts.rerun, 0, "results were kept, not made again");
-    assert_eq!(counts.settled, counts.credits_reserved);
-    drop(app);
+    stage.settle_once("sqlite_disk_full").await;
+    drop(stage);
     // Not corrupt.
     use sqlx::Connection;
     let mut connection = sqlx::SqliteConnection::connect(&database)
@@ -537,27 +564,16 @@ async fn s3_outage() {
         .expect("the proxy starts");
     let mut settings = s3.fresh_settings();
     settings.endpoint = Some(format!("http://{}", proxy.address()));
-    let fake = slow_fake().await;
-    let receiver = callback_receiver(0, false).await;
-    let upstream = fake.base_url();
-    let app = spawn_admin_app(move |c| {
-        c.storage = StorageConfig::S3(settings);
-        use_gemini(c, &upstream, "k");
-        c.workers = 8;
-    })
-    .await;
-    let (app_id, token) = application(&app, CREDITS, json!({})).await;
-    let client = reqwest::Client::new();
-    let base = app.address.clone();
-    let mut submitted = Submitted::default();
-    submit(&client, &base, &token, 20, &receiver.url(), &mut submitted).await;
-    receiver.wait_for(2).await;
+    let mut stage = Stage::start(move |c| c.storage = StorageConfig::S3(settings)).await;
+    let (client, base) = (stage.client.clone(), stage.base.clone());
+    stage.submit(20).await;
+    stage.receiver.wait_for(2).await;
 
     proxy.answer_with(HTTP_503);
     let outage = Instant::now();
     wait_readiness(&client, &base, 503, "storage").await;
     // Work is still accepted: the database is fine, and the images wait for the store.
-    submit(&client, &base, &token, 6, &receiver.url(), &mut submitted).await;
+    stage.submit(6).await;
     tokio::time::sleep_until((outage + Duration::from_secs(15)).into()).await;
     proxy.cut();
     wait_readiness(&client, &base, 503, "storage").await;
@@ -565,13 +581,7 @@ async fn s3_outage() {
     proxy.restore();
 
     wait_readiness(&client, &base, 200, "").await;
-    let counts = settle(
-        &client, &base, &token, &app_id, &submitted, &receiver, &fake,
-    )
-    .await;
-    counts.print("s3_outage");
-    assert_eq!(counts.rerun, 0, "results were kept, not made again");
-    assert_eq!(counts.settled, counts.credits_reserved);
+    stage.settle_once("s3_outage").await;
 }
 
 /// Deletes every key under `prefix` in the test Redis: a Redis that restarted empty, as far as
@@ -663,11 +673,7 @@ async fn redis_outage() {
     // Failing closed: a clear api_error, within the Redis timeout.
     let started = Instant::now();
     let refused = strict
-        .post(
-            "/nano-banana/images",
-            Some(&strict_token),
-            json!({"prompt": "closed", "async": true}).to_string(),
-        )
+        .post_images_as(&strict_token, json!({"prompt": "closed", "async": true}))
         .await;
     assert_error(&refused, 500, "api_error");
     assert!(
@@ -685,10 +691,9 @@ async fn redis_outage() {
     // Failing open: admitted, unchecked (no rate-limit headers), past the limit.
     for i in 0..4 {
         let admitted = lenient
-            .post(
-                "/nano-banana/images",
-                Some(&lenient_token),
-                json!({"prompt": format!("open {i}"), "async": true}).to_string(),
+            .post_images_as(
+                &lenient_token,
+                json!({"prompt": format!("open {i}"), "async": true}),
             )
             .await;
         assert_eq!(admitted.status, 200, "{}", admitted.body);
@@ -896,15 +901,7 @@ async fn sigterm_one_of_two_nodes() {
     let mut submitted = Submitted::default();
     let mut sync = Vec::new();
     for i in 0..100 {
-        let (request_client, url, request_token) = (
-            client.clone(),
-            format!("{base}/nano-banana/images"),
-            token.clone(),
-        );
-        sync.push(tokio::spawn(async move {
-            let body = json!({"prompt": format!("sync {i}"), "model": "nano-banana"});
-            post(&request_client, &url, &request_token, &body).await
-        }));
+        sync.push(sync_request(&client, &base, &token, i));
         submit(&client, &base, &token, 1, &receiver.url(), &mut submitted).await;
     }
     // Mid-flight: some done, most queued or running.

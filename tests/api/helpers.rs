@@ -232,12 +232,22 @@ impl TestApp {
     }
 
     pub async fn post_images(&self, body: Value) -> Answer {
-        self.post("/nano-banana/images", Some(&self.token), body.to_string())
-            .await
+        self.post_images_as(&self.token, body).await
     }
 
     pub async fn post_tasks(&self, body: Value) -> Answer {
-        self.post("/nano-banana/tasks", Some(&self.token), body.to_string())
+        self.post_tasks_as(&self.token, body).await
+    }
+
+    /// `POST /nano-banana/images` with `token` (another application's, or one made by a test).
+    pub async fn post_images_as(&self, token: &str, body: Value) -> Answer {
+        self.post("/nano-banana/images", Some(token), body.to_string())
+            .await
+    }
+
+    /// `POST /nano-banana/tasks` with `token`.
+    pub async fn post_tasks_as(&self, token: &str, body: Value) -> Answer {
+        self.post("/nano-banana/tasks", Some(token), body.to_string())
             .await
     }
 

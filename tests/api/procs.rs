@@ -86,14 +86,26 @@ pub async fn wait_until_all_ended(
     address: &str,
     ids: &[String],
 ) -> HashMap<String, Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_until_ended_as(client, address, TOKEN, ids, Duration::from_secs(120)).await
+}
+
+/// Reads the tasks back through `address` with `token` until every one has ended, within
+/// `limit`; their records by id.
+pub async fn wait_until_ended_as(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    ids: &[String],
+    limit: Duration,
+) -> HashMap<String, Value> {
+    let deadline = Instant::now() + limit;
     let mut records: HashMap<String, Value> = HashMap::new();
     loop {
         for chunk in ids.chunks(50) {
             let (status, batch) = post(
                 client,
                 format!("{address}/nano-banana/tasks"),
-                TOKEN,
+                token,
                 json!({"action": "retrieve_batch", "ids": chunk}),
             )
             .await;

@@ -16,11 +16,9 @@
 //! `[fake:refused]` `[fake:429]` `[fake:429=2s]` `[fake:500]` `[fake:status=503]`
 //! `[fake:error_in_body]` `[fake:hang]`.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -34,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::common::{
-    PngCache, Server, lock, parse_duration, retry_after_seconds, stopped, tags, unix_now,
+    Calls, PngCache, Server, parse_duration, retry_after_seconds, stopped, tags, unix_now,
 };
 
 /// The colour of every image this fake makes (tests tell which upstream made an image by it).
@@ -157,10 +155,8 @@ impl FakeChat {
     pub async fn start(options: FakeChatOptions) -> io::Result<FakeChat> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            calls: Calls::new(options.record_limit.max(1)),
             options,
-            recorded: Mutex::new(VecDeque::new()),
-            count: AtomicUsize::new(0),
-            scenarios: Mutex::new(VecDeque::new()),
             images: PngCache::new(IMAGE_RGB),
             shutdown: shutdown_rx,
         });
@@ -176,32 +172,30 @@ impl FakeChat {
 
     /// The most recent requests (at most `record_limit`), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.recorded).iter().cloned().collect()
+        self.shared.calls.requests()
     }
 
     /// Every HTTP request received, whatever its path or outcome.
     pub fn request_count(&self) -> usize {
-        self.shared.count.load(Ordering::Relaxed)
+        self.shared.calls.count()
     }
 
     /// Queues an outcome for a coming request; queued outcomes are taken in order by requests
     /// that pass the first checks (key, JSON, model, messages).
     pub fn push_scenario(&self, scenario: Scenario) {
-        lock(&self.shared.scenarios).push_back(scenario);
+        self.shared.calls.push_scenario(scenario);
     }
 }
 
 struct Shared {
     options: FakeChatOptions,
-    recorded: Mutex<VecDeque<RecordedRequest>>,
-    count: AtomicUsize,
-    scenarios: Mutex<VecDeque<Scenario>>,
+    calls: Calls<RecordedRequest, Scenario>,
     images: PngCache,
     shutdown: watch::Receiver<bool>,
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    shared.count.fetch_add(1, Ordering::Relaxed);
+    shared.calls.received();
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     if !path.ends_with("/chat/completions") {
@@ -225,14 +219,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if let Ok(json) = &parsed {
         read_request(json, &mut recorded);
     }
-    let record_limit = shared.options.record_limit.max(1);
-    {
-        let mut all = lock(&shared.recorded);
-        if all.len() >= record_limit {
-            all.pop_front();
-        }
-        all.push_back(recorded.clone());
-    }
+    shared.calls.record(recorded.clone());
     if let Some(key) = &shared.options.api_key
         && recorded.authorization.as_deref() != Some(&format!("Bearer {key}"))
     {
@@ -252,7 +239,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         );
     }
 
-    let queued = lock(&shared.scenarios).pop_front();
+    let queued = shared.calls.next_scenario();
     let scenario = queued.unwrap_or_else(|| scenario_from_prompt(&recorded.prompt));
     let ran = matches!(
         scenario,

@@ -21,7 +21,7 @@ use super::errors::{
 };
 use super::images::{THOUGHT_RGB, encode_png};
 use super::models::ModelFamily;
-use super::{RecordedRequest, Scenario, Shared, THOUGHT_IMAGE_SIDE, lock, scenario_from_prompt};
+use super::{RecordedRequest, Scenario, Shared, THOUGHT_IMAGE_SIDE, scenario_from_prompt};
 
 const IMAGE_PLACEHOLDER: &str = "@@FAKE_GEMINI_IMAGE@@";
 const THOUGHT_PLACEHOLDER: &str = "@@FAKE_GEMINI_THOUGHT@@";
@@ -140,7 +140,7 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    shared.count.fetch_add(1, Ordering::Relaxed);
+    shared.calls.received();
     let route = parse_route(uri.path());
     let model = route.map(|r| r.model);
     shared.record(&method, &uri, version, &headers, model, &body);
@@ -184,7 +184,7 @@ pub(super) async fn handle(
         return google_error(400, &message, None);
     }
 
-    let queued = lock(&shared.scenarios).pop_front();
+    let queued = shared.calls.next_scenario();
     let (scenario, extra_delay) = match queued {
         Some(Scenario::Slow(delay)) => (Scenario::Success, delay),
         Some(scenario) => (scenario, Duration::ZERO),
@@ -232,7 +232,7 @@ impl Shared {
         model: Option<&str>,
         body: &Bytes,
     ) {
-        if self.options.record_limit == 0 {
+        if !self.calls.records() {
             return;
         }
         let body_json = if self.options.record_bodies {
@@ -252,11 +252,7 @@ impl Shared {
             body_len: body.len(),
             http_version: format!("{version:?}"),
         };
-        let mut recorded = lock(&self.recorded);
-        while recorded.len() >= self.options.record_limit {
-            recorded.pop_front();
-        }
-        recorded.push_back(request);
+        self.calls.record(request);
     }
 
     async fn answer(

@@ -25,35 +25,30 @@
 //! `[fake:503]` `[fake:504]` `[fake:status=418]` `[fake:slow=200ms]` `[fake:hang]`
 //! `[fake:garbage]` `[fake:bad_base64]`.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{OnceCell, watch};
-use tokio::task::JoinHandle;
 
 mod errors;
 mod handler;
 mod images;
 mod models;
 
+use super::common::{Calls, Server, lock};
 use super::oauth::IssuedTokens;
 use handler::handle;
 use images::{EncodedImage, ImageCache};
 
-/// The bench sends 8 MB images (≈ 11 MB of base64 each, several per request); Google itself
-/// accepts 100 MB of inline data.
-const MAX_REQUEST_BYTES: usize = 256 << 20;
 /// Side of the interim "thought" image, distinct from any table size so tests can tell them apart.
 pub const THOUGHT_IMAGE_SIDE: u32 = 16;
 
@@ -297,16 +292,14 @@ pub struct RecordedRequest {
 /// A running fake. Dropping it stops accepting connections and answers requests still waiting
 /// (slow, hanging) with a 503.
 pub struct FakeGemini {
-    addr: SocketAddr,
+    server: Server,
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    server: JoinHandle<()>,
 }
 
 impl fmt::Debug for FakeGemini {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FakeGemini")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr)
             .finish()
     }
 }
@@ -324,18 +317,13 @@ impl FakeGemini {
         let shared = Arc::new(Shared {
             images: ImageCache::new(options.image_bytes),
             thought_image: OnceCell::new(),
+            calls: Calls::new(options.record_limit),
             options,
-            recorded: Mutex::new(VecDeque::new()),
-            count: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
-            scenarios: Mutex::new(VecDeque::new()),
-            shutdown: shutdown_rx.clone(),
+            shutdown: shutdown_rx,
             response_seq: AtomicU64::new(0),
         });
-        let app = Router::new()
-            .fallback(handle)
-            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-            .with_state(shared.clone());
+        let router = Router::new().fallback(handle).with_state(shared.clone());
         // Without TCP_NODELAY small answers can wait for delayed ACKs (~40 ms), which would
         // dominate the benchmark's numbers.
         let counted = shared.clone();
@@ -345,45 +333,33 @@ impl FakeGemini {
                 tracing::trace!("fake gemini: TCP_NODELAY failed: {err}");
             }
         });
-        let mut stop = shutdown_rx;
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            });
-            if let Err(err) = serve.await {
-                tracing::warn!("fake gemini stopped: {err}");
-            }
-        });
-        Ok(FakeGemini {
-            addr,
-            shared,
-            shutdown,
-            server,
-        })
+        let server = Server::serve(listener, addr, router, "gemini", shutdown);
+        Ok(FakeGemini { server, shared })
     }
 
     /// `http://127.0.0.1:PORT` (a wildcard bind address is reported as loopback).
     pub fn base_url(&self) -> String {
-        let ip = match self.addr.ip() {
+        let addr = self.server.addr;
+        let ip = match addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        format!("http://{}", SocketAddr::new(ip, addr.port()))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// The most recent requests (at most `record_limit`), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.recorded).iter().cloned().collect()
+        self.shared.calls.requests()
     }
 
     /// Every HTTP request received, whatever its path or outcome.
     pub fn request_count(&self) -> usize {
-        self.shared.count.load(Ordering::Relaxed)
+        self.shared.calls.count()
     }
 
     /// TCP connections accepted so far.
@@ -395,7 +371,7 @@ impl FakeGemini {
     /// that pass the checks Google makes first (path, key, JSON, model, parameters), before
     /// any prompt tag is looked at.
     pub fn push_scenario(&self, scenario: Scenario) {
-        lock(&self.shared.scenarios).push_back(scenario);
+        self.shared.calls.push_scenario(scenario);
     }
 
     pub fn shutdown(self) {
@@ -403,30 +379,15 @@ impl FakeGemini {
     }
 }
 
-impl Drop for FakeGemini {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
-        // Frees the port at once; connection tasks still see the signal and close.
-        self.server.abort();
-    }
-}
-
 struct Shared {
     options: FakeGeminiOptions,
-    recorded: Mutex<VecDeque<RecordedRequest>>,
-    count: AtomicUsize,
+    calls: Calls<RecordedRequest, Scenario>,
     /// TCP connections accepted.
     connections: AtomicUsize,
-    scenarios: Mutex<VecDeque<Scenario>>,
     images: ImageCache,
     thought_image: OnceCell<Arc<EncodedImage>>,
     shutdown: watch::Receiver<bool>,
     response_seq: AtomicU64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks leaves plain data behind, still usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! Imports nothing of the crate outside `fake`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -18,7 +17,7 @@ use super::{RecordedPart, RecordedRequest, Scenario, Shared, scenario_from_promp
 type Handled = Result<Response, Response>;
 
 pub(super) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    shared.count.fetch_add(1, Ordering::Relaxed);
+    shared.calls.received();
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     if method == Method::GET
@@ -54,7 +53,7 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Endpoint::Generations => read_json(request, &mut recorded).await,
         Endpoint::Edits => read_multipart(request, &mut recorded).await,
     };
-    shared.record(recorded.clone());
+    shared.calls.record(recorded.clone());
     if let Err(answer) = read {
         return answer;
     }
@@ -283,7 +282,7 @@ async fn answer(shared: &Shared, endpoint: Endpoint, request: &RecordedRequest) 
         ));
     }
 
-    let queued = lock(&shared.scenarios).pop_front();
+    let queued = shared.calls.next_scenario();
     let scenario = queued.unwrap_or_else(|| scenario_from_prompt(prompt));
     let ran = matches!(
         scenario,

@@ -15,10 +15,8 @@
 //! `[fake:429]` `[fake:429=2s]` `[fake:quota]` `[fake:500]` `[fake:status=503]` `[fake:hang]`
 //! `[fake:garbage]`.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +24,7 @@ use axum::Router;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::common::{PngCache, Server, lock, parse_duration, tags};
+use super::common::{Calls, PngCache, Server, lock, parse_duration, tags};
 
 mod handler;
 
@@ -167,10 +165,8 @@ impl FakeOpenAi {
     pub async fn start(options: FakeOpenAiOptions) -> io::Result<FakeOpenAi> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            calls: Calls::new(options.record_limit.max(1)),
             options,
-            recorded: Mutex::new(VecDeque::new()),
-            count: AtomicUsize::new(0),
-            scenarios: Mutex::new(VecDeque::new()),
             images: PngCache::new(IMAGE_RGB),
             files: Mutex::new(Vec::new()),
             origin: Mutex::new(String::new()),
@@ -191,42 +187,30 @@ impl FakeOpenAi {
 
     /// The most recent requests (at most `record_limit`), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.recorded).iter().cloned().collect()
+        self.shared.calls.requests()
     }
 
     /// Every HTTP request received, whatever its path or outcome (file downloads too).
     pub fn request_count(&self) -> usize {
-        self.shared.count.load(Ordering::Relaxed)
+        self.shared.calls.count()
     }
 
     /// Queues an outcome for a coming request; queued outcomes are taken in order by requests
     /// that pass the checks OpenAI makes first (key, model, fields, size, images).
     pub fn push_scenario(&self, scenario: Scenario) {
-        lock(&self.shared.scenarios).push_back(scenario);
+        self.shared.calls.push_scenario(scenario);
     }
 }
 
 struct Shared {
     options: FakeOpenAiOptions,
-    recorded: Mutex<VecDeque<RecordedRequest>>,
-    count: AtomicUsize,
-    scenarios: Mutex<VecDeque<Scenario>>,
+    calls: Calls<RecordedRequest, Scenario>,
     images: PngCache,
     /// PNGs served at `/files/N.png` for URL answers.
     files: Mutex<Vec<Bytes>>,
     /// `http://127.0.0.1:PORT`, for the URLs of URL answers.
     origin: Mutex<String>,
     shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    fn record(&self, request: RecordedRequest) {
-        let mut recorded = lock(&self.recorded);
-        if recorded.len() >= self.options.record_limit.max(1) {
-            recorded.pop_front();
-        }
-        recorded.push_back(request);
-    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,13 @@ async fn the_checks_openai_makes_come_first() {
         assert_eq!(status, 400, "{request}: {body}");
         assert_eq!(body["error"]["code"], code, "{request}");
         assert_eq!(body["error"]["type"], "invalid_request_error");
-        lock(&fake.shared.scenarios).clear();
+        assert!(
+            matches!(
+                fake.shared.calls.next_scenario(),
+                Some(Scenario::ServerError)
+            ),
+            "{request}"
+        );
     }
     // Other models take response_format and any size.
     let (status, _, body) = generate(

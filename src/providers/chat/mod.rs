@@ -21,7 +21,7 @@
 //! Imports `domain` (through `providers`) and nothing above it.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -32,8 +32,9 @@ use serde_json::Value;
 use url::Url;
 
 use super::gemini::REFUSAL_REASONS;
-use super::openai::errors::{truncate, upstream_error};
+use super::openai::errors::upstream_error;
 use super::openai::http::{ClientError, HttpClient, endpoint};
+use super::upstream_error::{MAX_MESSAGE_CHARS, truncate};
 use super::{GeneratedImage, ImageJob, ImageProvider, ProviderError, upstream_takes_image_size};
 
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
@@ -97,26 +98,7 @@ impl ImageProvider for ChatProvider {
     }
 
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
-        let started = Instant::now();
-        let result = self.call(job).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(image) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                bytes = image.bytes.len(),
-                elapsed_ms,
-                "chat made an image"
-            ),
-            Err(err) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                elapsed_ms,
-                error = %err,
-                "chat call failed"
-            ),
-        }
-        result
+        self.call(job).await
     }
 }
 
@@ -275,7 +257,7 @@ fn read_answer(body: &[u8]) -> Result<Answer, ProviderError> {
     let finish = choice.finish_reason.as_deref().unwrap_or("none");
     let native = choice.native_finish_reason.as_deref();
     let detail = |head: String| match refusal.as_deref().or(text.as_deref()) {
-        Some(text) => format!("{head}: {}", truncate(text, 300)),
+        Some(text) => format!("{head}: {}", truncate(text, MAX_MESSAGE_CHARS)),
         None => head,
     };
     let refused = finish == "content_filter"

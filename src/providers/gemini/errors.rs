@@ -1,6 +1,7 @@
 //! What a failed Gemini call means (docs/upstreams.md, Gemini errors): HTTP errors with their
-//! google.rpc.Status and retry delay, transport failures, and a 200 without an image (refused or
-//! not). Not here: retrying, which is the caller's, from what these errors say.
+//! google.rpc.Status and retry delay (Google's [`ErrorDialect`]; what every upstream's errors
+//! share, and transport failures, are in `providers::upstream_error`), and a 200 without an
+//! image (refused or not). Not here: retrying, which is the caller's, from what these errors say.
 
 use std::time::Duration;
 
@@ -10,10 +11,9 @@ use serde_json::Value;
 
 use super::wire::{Candidate, PromptFeedback, parts};
 use crate::providers::ProviderError;
-use crate::providers::direct;
-
-/// Upstream text (messages, the model's words) is cut to this many characters in errors.
-const MAX_MESSAGE_CHARS: usize = 300;
+use crate::providers::upstream_error::{
+    self, ErrorAnswer, ErrorDialect, MAX_MESSAGE_CHARS, Markup, status_label, truncate,
+};
 
 /// Finish reasons that mean "the upstream will not make this image".
 pub const REFUSAL_REASONS: &[&str] = &[
@@ -88,19 +88,34 @@ pub(super) fn without_image(
     ProviderError::NoImage(with_detail(head, detail))
 }
 
-pub(super) fn too_large(cap: usize) -> ProviderError {
-    ProviderError::InvalidResponse(format!("the answer is larger than {} MiB", cap >> 20))
-}
+/// Google's errors (AI Studio and Vertex AI): a google.rpc.Status named by its `status`
+/// (`RESOURCE_EXHAUSTED`), the retry delay in its `RetryInfo` detail, a `Retry-After` header or
+/// the message's "Please retry in …s", and HTML pages from Google's front ends stripped to text.
+pub(super) struct Google;
 
-pub(super) fn transport_error(err: reqwest::Error) -> ProviderError {
-    // Only a failed connect proves the request never left; a timeout or reset after that may
-    // have started (and billed) a generation.
-    let sent = !err.is_connect();
-    // The URL is dropped in case a base URL carries credentials for a proxy.
-    let err = err.without_url();
-    ProviderError::Transport {
-        message: direct::error_chain(&err),
-        sent,
+impl ErrorDialect for Google {
+    const MARKUP: Markup = Markup::Strip;
+
+    fn message(error: &Value) -> Option<String> {
+        error.get("message")?.as_str().map(str::to_owned)
+    }
+
+    fn label(answer: &ErrorAnswer<'_>) -> String {
+        answer
+            .error
+            .and_then(|e| e.get("status"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| status_label(answer.status, true))
+    }
+
+    fn retry_after(answer: &ErrorAnswer<'_>) -> Option<Duration> {
+        answer
+            .error
+            .and_then(|e| e.get("details"))
+            .and_then(retry_info_delay)
+            .or_else(|| retry_after_header(answer.headers))
+            .or_else(|| retry_in_message(&answer.text))
     }
 }
 
@@ -109,37 +124,7 @@ pub(super) fn upstream_error(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ProviderError {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    // google.rpc.Status is wrapped in `error`; some front ends wrap that in a one-element list.
-    let error = json.as_ref().and_then(|v| match v {
-        Value::Array(items) => items.first()?.get("error"),
-        other => other.get("error"),
-    });
-    let canonical = error
-        .and_then(|e| e.get("status"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            status
-                .canonical_reason()
-                .map(|r| r.to_ascii_uppercase().replace(' ', "_"))
-                .unwrap_or_else(|| format!("HTTP_{}", status.as_u16()))
-        });
-    let text = error
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map(|m| truncate(m, MAX_MESSAGE_CHARS).to_owned())
-        .unwrap_or_else(|| excerpt(body));
-    let retry_after = error
-        .and_then(|e| e.get("details"))
-        .and_then(retry_info_delay)
-        .or_else(|| retry_after_header(headers))
-        .or_else(|| retry_in_message(&text));
-    ProviderError::Upstream {
-        status: status.as_u16(),
-        message: format!("{canonical}: {text}"),
-        retry_after,
-    }
+    upstream_error::upstream_error::<Google>(status, headers, body)
 }
 
 /// `RetryInfo.retryDelay` from google.rpc.Status details: a protobuf-JSON duration ("15s",
@@ -184,52 +169,7 @@ fn parse_seconds(text: &str) -> Option<Duration> {
 /// A short, readable piece of a body that is not the JSON we expected (HTML error pages have
 /// their markup, styles and scripts stripped).
 pub(super) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(8 << 10)]);
-    let text = if text.contains('<') {
-        strip_html(&text)
-    } else {
-        text.into_owned()
-    };
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.is_empty() {
-        return "(empty body)".to_owned();
-    }
-    truncate(&collapsed, MAX_MESSAGE_CHARS).to_owned()
-}
-
-fn strip_html(html: &str) -> String {
-    let lower = html.to_ascii_lowercase();
-    let mut out = String::with_capacity(html.len());
-    let mut at = 0;
-    while at < html.len() {
-        let Some(open) = html[at..].find('<').map(|i| at + i) else {
-            out.push_str(&html[at..]);
-            break;
-        };
-        out.push_str(&html[at..open]);
-        // Skip the contents of <style> and <script> blocks, not just their tags.
-        let block_end = ["style", "script"].iter().find_map(|tag| {
-            lower[open + 1..].starts_with(tag).then(|| {
-                lower[open..]
-                    .find(&format!("</{tag}"))
-                    .map_or(html.len(), |i| open + i)
-            })
-        });
-        let resume = block_end.unwrap_or(open);
-        at = match html[resume..].find('>') {
-            Some(close) => resume + close + 1,
-            None => html.len(),
-        };
-        out.push(' ');
-    }
-    out
-}
-
-pub(super) fn truncate(text: &str, max_chars: usize) -> &str {
-    match text.char_indices().nth(max_chars) {
-        Some((at, _)) => &text[..at],
-        None => text,
-    }
+    upstream_error::excerpt(body, Google::MARKUP)
 }
 
 #[cfg(test)]

@@ -32,8 +32,9 @@ use super::{GeneratedImage, ImageJob, ImageProvider, ProviderError};
 mod errors;
 mod wire;
 
+use super::upstream_error::{read_capped, too_large, transport_error};
 pub use errors::REFUSAL_REASONS;
-use errors::{is_key_invalid, too_large, transport_error, upstream_error};
+use errors::{is_key_invalid, upstream_error};
 use wire::parse_success;
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -601,42 +602,8 @@ impl ImageProvider for GeminiProvider {
     }
 
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
-        let started = Instant::now();
-        let result = self.generate_with_pool(job).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(image) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                bytes = image.bytes.len(),
-                elapsed_ms,
-                "gemini made an image"
-            ),
-            Err(err) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                elapsed_ms,
-                error = %err,
-                "gemini call failed"
-            ),
-        }
-        result
+        self.generate_with_pool(job).await
     }
-}
-
-/// Reads at most `cap` bytes; `true` when the body had more.
-async fn read_capped(
-    response: &mut reqwest::Response,
-    cap: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let hint = response.content_length().unwrap_or(0).min(cap as u64) as usize;
-    let mut body = Vec::with_capacity(hint);
-    while let Some(chunk) = response.chunk().await? {
-        if direct::push_capped(&mut body, &chunk, cap) {
-            return Ok((body, true));
-        }
-    }
-    Ok((body, false))
 }
 
 #[cfg(test)]

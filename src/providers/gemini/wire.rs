@@ -9,7 +9,8 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 use serde::{Deserialize, Serialize};
 
-use super::errors::{excerpt, truncate, without_image};
+use super::errors::{excerpt, without_image};
+use crate::providers::upstream_error::truncate;
 use crate::providers::{GeneratedImage, ImageJob, ProviderError};
 
 // ---------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@
 //! an account that needs a human to add credit. 402 is what OpenRouter itself answers for the
 //! same condition.
 //!
+//! The reading every upstream shares (the `error` object, message or excerpt, transport
+//! failures) is `providers::upstream_error`'s; this is OpenAI's [`ErrorDialect`].
+//!
 //! Imports `providers` only, nothing above it.
 
 use std::time::Duration;
@@ -26,74 +29,80 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use crate::providers::ProviderError;
-use crate::providers::direct;
-
-/// Upstream text is cut to this many characters in errors.
-const MAX_MESSAGE_CHARS: usize = 300;
+use crate::providers::upstream_error::{self, ErrorAnswer, ErrorDialect, Markup, status_label};
 
 /// `code`s that mean the upstream's safety system refused the prompt or the image.
 pub const REFUSAL_CODES: &[&str] = &["moderation_blocked", "content_policy_violation"];
+
+/// The errors of OpenAI-shaped upstreams, as the table above has them.
+pub(crate) struct OpenAiShaped;
+
+impl ErrorDialect for OpenAiShaped {
+    const MARKUP: Markup = Markup::Keep;
+
+    fn message(error: &Value) -> Option<String> {
+        field(Some(error), "message")
+    }
+
+    /// The `code` (unless it is OpenRouter's numeric one), else the `type`, else the status.
+    fn label(answer: &ErrorAnswer<'_>) -> String {
+        field(answer.error, "code")
+            .filter(|c| c.parse::<u16>().is_err())
+            .or_else(|| field(answer.error, "type"))
+            .unwrap_or_else(|| status_label(answer.status, false))
+    }
+
+    fn retry_after(answer: &ErrorAnswer<'_>) -> Option<Duration> {
+        retry_after_headers(answer.headers)
+    }
+
+    /// Refusals by code or by OpenRouter's moderation, and an exhausted quota as 402.
+    fn special(answer: &ErrorAnswer<'_>, label: &str) -> Option<ProviderError> {
+        let (code, kind) = (field(answer.error, "code"), field(answer.error, "type"));
+        let is = |value: &str| code.as_deref() == Some(value) || kind.as_deref() == Some(value);
+        let text = &answer.text;
+        if REFUSAL_CODES.iter().any(|c| is(c)) {
+            return Some(ProviderError::Refused(format!("{label}: {text}")));
+        }
+        let metadata = answer.error.and_then(|e| e.get("metadata"));
+        if answer.status == StatusCode::FORBIDDEN
+            && metadata
+                .is_some_and(|m| m.get("reasons").is_some() || m.get("flagged_input").is_some())
+        {
+            return Some(ProviderError::Refused(format!("moderation: {text}")));
+        }
+        if answer.status == StatusCode::TOO_MANY_REQUESTS && is("insufficient_quota") {
+            return Some(ProviderError::Upstream {
+                status: 402,
+                message: format!("insufficient_quota (the upstream answered HTTP 429): {text}"),
+                retry_after: None,
+            });
+        }
+        None
+    }
+}
+
+/// A field of the `error` object that says something: a non-empty string, or a number
+/// (OpenRouter's `code`) as text.
+fn field(error: Option<&Value>, name: &str) -> Option<String> {
+    error.and_then(|e| e.get(name)).and_then(|v| match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
 
 pub(crate) fn upstream_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
 ) -> ProviderError {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let error = json.as_ref().and_then(|v| match v {
-        Value::Array(items) => items.first()?.get("error"),
-        other => other.get("error"),
-    });
-    let field = |name: &str| {
-        error.and_then(|e| e.get(name)).and_then(|v| match v {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-    };
-    let code = field("code");
-    let kind = field("type");
-    let text = field("message")
-        .map(|m| truncate(&m, MAX_MESSAGE_CHARS).to_owned())
-        .unwrap_or_else(|| excerpt(body));
-    let label = code
-        .clone()
-        .filter(|c| c.parse::<u16>().is_err())
-        .or(kind.clone())
-        .unwrap_or_else(|| {
-            status
-                .canonical_reason()
-                .map(|r| r.to_ascii_lowercase().replace(' ', "_"))
-                .unwrap_or_else(|| format!("http_{}", status.as_u16()))
-        });
-    let is = |value: &str| code.as_deref() == Some(value) || kind.as_deref() == Some(value);
-
-    if REFUSAL_CODES.iter().any(|c| is(c)) {
-        return ProviderError::Refused(format!("{label}: {text}"));
-    }
-    let metadata = error.and_then(|e| e.get("metadata"));
-    if status == StatusCode::FORBIDDEN
-        && metadata.is_some_and(|m| m.get("reasons").is_some() || m.get("flagged_input").is_some())
-    {
-        return ProviderError::Refused(format!("moderation: {text}"));
-    }
-    if status == StatusCode::TOO_MANY_REQUESTS && is("insufficient_quota") {
-        return ProviderError::Upstream {
-            status: 402,
-            message: format!("insufficient_quota (the upstream answered HTTP 429): {text}"),
-            retry_after: None,
-        };
-    }
-    ProviderError::Upstream {
-        status: status.as_u16(),
-        message: format!("{label}: {text}"),
-        retry_after: retry_after(headers),
-    }
+    upstream_error::upstream_error::<OpenAiShaped>(status, headers, body)
 }
 
 /// `retry-after-ms` (OpenAI's, milliseconds), else `Retry-After` in seconds (fractions allowed,
 /// as OpenAI's SDK reads it). An HTTP date is not read: no upstream of this kind sends one.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+fn retry_after_headers(headers: &HeaderMap) -> Option<Duration> {
     let number = |name| -> Option<f64> {
         let value: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
         (value.is_finite() && value >= 0.0).then_some(value)
@@ -102,39 +111,6 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
     number(RETRY_AFTER).and_then(|s| Duration::try_from_secs_f64(s).ok())
-}
-
-pub(crate) fn transport_error(err: reqwest::Error) -> ProviderError {
-    // Only a failed connect proves the request never left; a timeout or reset after that may
-    // have started (and billed) a generation.
-    let sent = !err.is_connect();
-    // The URL is dropped in case a base URL carries credentials.
-    let err = err.without_url();
-    ProviderError::Transport {
-        message: direct::error_chain(&err),
-        sent,
-    }
-}
-
-pub(crate) fn too_large(cap: usize) -> ProviderError {
-    ProviderError::InvalidResponse(format!("the answer is larger than {} MiB", cap >> 20))
-}
-
-/// A short, readable piece of a body that is not the JSON we expected.
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(8 << 10)]);
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.is_empty() {
-        return "(empty body)".to_owned();
-    }
-    truncate(&collapsed, MAX_MESSAGE_CHARS).to_owned()
-}
-
-pub(crate) fn truncate(text: &str, max_chars: usize) -> &str {
-    match text.char_indices().nth(max_chars) {
-        Some((at, _)) => &text[..at],
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use reqwest::header::{
 };
 use url::Url;
 
-use super::errors::{too_large, transport_error, upstream_error};
+use super::errors::upstream_error;
+use crate::providers::upstream_error::{read_capped, too_large, transport_error};
 use crate::providers::{GeneratedImage, ProviderError, direct};
 
 /// A 4K PNG is ~20–30 MB, ×4/3 in base64; anything far beyond is not an image answer.
@@ -254,21 +255,6 @@ pub(crate) fn endpoint(base: &Url, segments: &[&str]) -> Result<Url, ClientError
         .pop_if_empty()
         .extend(segments);
     Ok(url)
-}
-
-/// Reads at most `cap` bytes; `true` when the body had more.
-async fn read_capped(
-    response: &mut reqwest::Response,
-    cap: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let hint = response.content_length().unwrap_or(0).min(cap as u64) as usize;
-    let mut body = Vec::with_capacity(hint);
-    while let Some(chunk) = response.chunk().await? {
-        if direct::push_capped(&mut body, &chunk, cap) {
-            return Ok((body, true));
-        }
-    }
-    Ok((body, false))
 }
 
 #[cfg(test)]

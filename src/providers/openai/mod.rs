@@ -10,7 +10,7 @@
 //! Imports `domain` and nothing above it.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use url::Url;
 
@@ -125,26 +125,7 @@ impl ImageProvider for OpenAiProvider {
     }
 
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
-        let started = Instant::now();
-        let result = self.call(job).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(image) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                bytes = image.bytes.len(),
-                elapsed_ms,
-                "openai made an image"
-            ),
-            Err(err) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                elapsed_ms,
-                error = %err,
-                "openai call failed"
-            ),
-        }
-        result
+        self.call(job).await
     }
 }
 

@@ -8,7 +8,7 @@
 //! [`Vertex`] access: the request and answer JSON, error classification and the HTTP clients are
 //! the AI Studio provider's. The tokens (key file, JWT, exchange, cache) are in `token`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::AUTHORIZATION;
 use url::Url;
@@ -277,26 +277,7 @@ impl ImageProvider for GeminiProvider<Vertex> {
     }
 
     async fn generate(&self, job: &ImageJob) -> Result<GeneratedImage, ProviderError> {
-        let started = Instant::now();
-        let result = self.generate_with_token(job).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(image) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                bytes = image.bytes.len(),
-                elapsed_ms,
-                "vertex made an image"
-            ),
-            Err(err) => tracing::debug!(
-                upstream_model = %job.upstream_model,
-                inputs = job.inputs.len(),
-                elapsed_ms,
-                error = %err,
-                "vertex call failed"
-            ),
-        }
-        result
+        self.generate_with_token(job).await
     }
 }
 
