@@ -1,8 +1,8 @@
 //! Upgrades: a database left by the oldest release (each folder's `0001_init.sql` only), with
 //! an application, a token, finished and pending tasks, a callback still owed and (on
 //! PostgreSQL) the ledger, all written in that schema's own shape, then served by this
-//! binary, which applies every later migration at start; and nodes starting together on one
-//! new database, which migrate it exactly once.
+//! binary, which applies every later migration at start (likewise from every later release's
+//! schema); and nodes starting together on one database, which migrate it exactly once.
 //!
 //! A database newer than the binary is refused in tests/api/database.rs. These tests choose
 //! their databases themselves, whatever `NANO_BANANA_TEST_STACK` says; images stay in a local
@@ -407,6 +407,23 @@ async fn a_postgresql_database_of_the_oldest_release_is_upgraded_and_served() {
     pool.close().await;
 }
 
+/// The old rows of the release `count`, served by this binary: the succeeded task as it was,
+/// the pending one worked, the balance still the sum of the ledger.
+async fn assert_release_upgrades(url: &str, images: &Path, state: &OldState, count: usize) {
+    write_old_image(images, state);
+    let app = server_on(url, images).await;
+    assert_eq!(
+        retrieve(&app, "task-succeeded").await,
+        state.succeeded,
+        "release {count}"
+    );
+    let pending = crate::helpers::wait_for_task_of(&app, OLD_TOKEN, state.pending_id).await;
+    assert_eq!(pending["state"], "succeeded", "release {count}: {pending}");
+    let (credits, ledger_sum) = balance(&app).await;
+    assert_eq!(credits, ledger_sum, "release {count}");
+    app.stop().await;
+}
+
 /// A SQLite database left by each release in turn (the first 1, 2, … migrations), with the old
 /// release's rows in it, is upgraded by this binary and serves them.
 #[tokio::test]
@@ -421,19 +438,22 @@ async fn a_sqlite_database_of_every_release_is_upgraded() {
         let rows = if count >= 3 { rows + OLD_BILLING } else { rows };
         old_release!(pool, "migrations/sqlite", count, rows);
         pool.close().await;
-        write_old_image(&dir.path().join("images"), &state);
+        assert_release_upgrades(&url, &dir.path().join("images"), &state, count).await;
+    }
+}
 
-        let app = server_on(&url, &dir.path().join("images")).await;
-        assert_eq!(
-            retrieve(&app, "task-succeeded").await,
-            state.succeeded,
-            "release {count}"
-        );
-        let pending = crate::helpers::wait_for_task_of(&app, OLD_TOKEN, state.pending_id).await;
-        assert_eq!(pending["state"], "succeeded", "release {count}: {pending}");
-        let (credits, ledger_sum) = balance(&app).await;
-        assert_eq!(credits, ledger_sum, "release {count}");
-        app.stop().await;
+/// The same for each PostgreSQL release (billing from the first; requests apart from
+/// `0002_task_requests` on).
+#[tokio::test]
+async fn a_postgresql_database_of_every_release_is_upgraded() {
+    for count in 1..migration_count("migrations/postgres") {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = fresh_postgres_schema().await;
+        let pool = sqlx::PgPool::connect(&url).await.expect("PostgreSQL");
+        let (rows, state) = old_rows("http://127.0.0.1:9/callback", count >= 2);
+        old_release!(pool, "migrations/postgres", count, rows + OLD_BILLING);
+        pool.close().await;
+        assert_release_upgrades(&url, &dir.path().join("images"), &state, count).await;
     }
 }
 
