@@ -34,6 +34,7 @@ mod sdk;
 mod storage;
 mod tasks;
 mod tls;
+mod upgrades;
 mod upstream_chat;
 mod upstream_openai;
 mod vertex;

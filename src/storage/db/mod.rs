@@ -258,17 +258,45 @@ macro_rules! newest_migration {
 
 /// Refuses a database whose newest applied migration is one this binary does not have: it was
 /// upgraded by a newer release, and this one's queries may not fit it any more. A database
-/// without the migrations table is new and is migrated next.
+/// without the migrations table is new and is migrated next. Returns the newest version applied.
 fn refuse_newer_schema(
     newest: Result<Option<i64>, sqlx::Error>,
     migrator: &sqlx::migrate::Migrator,
-) -> Result<(), DbError> {
+) -> Result<Option<i64>, DbError> {
     let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
     match newest {
         Ok(Some(found)) if found > known => Err(DbError::SchemaTooNew { found, known }),
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if is_missing_table(&*e) => Ok(()),
+        Ok(newest) => Ok(newest),
+        Err(sqlx::Error::Database(e)) if is_missing_table(&*e) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the migrations on SQLite, where sqlx takes no lock (PostgreSQL's migrator holds an
+/// advisory lock): processes starting together on one file each find a migration missing and
+/// apply it. Each migration commits in one transaction with its `_sqlx_migrations` row, so the
+/// second application fails ("table … already exists", or the version's primary key) and
+/// changes nothing. The process that lost then runs the migrator again, which skips what the
+/// other applied, as long as the other is making progress (the newest applied version moved
+/// since `newest_before`); a migration that fails on its own fails the start the second time.
+async fn migrate_sqlite(
+    writer: &SqlitePool,
+    migrator: &sqlx::migrate::Migrator,
+    mut newest_before: Option<i64>,
+) -> Result<(), DbError> {
+    loop {
+        let Err(error) = migrator.run(writer).await else {
+            return Ok(());
+        };
+        let newest = newest_migration!(writer).ok().flatten();
+        if newest <= newest_before {
+            return Err(error.into());
+        }
+        tracing::info!(
+            applied_elsewhere = newest,
+            "another process is migrating the database; running the migrator again"
+        );
+        newest_before = newest;
     }
 }
 
@@ -348,8 +376,8 @@ impl Db {
             .connect_with(options.clone())
             .await?;
         let migrator = sqlx::migrate!("migrations/sqlite");
-        refuse_newer_schema(newest_migration!(&writer), &migrator)?;
-        migrator.run(&writer).await?;
+        let newest = refuse_newer_schema(newest_migration!(&writer), &migrator)?;
+        migrate_sqlite(&writer, &migrator, newest).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(opts.pool_size.clamp(1, 8))
             .test_before_acquire(false)
