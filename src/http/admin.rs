@@ -6,7 +6,10 @@
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{Path, Query, Request, State, rejection::BytesRejection},
+    extract::{
+        Path, Query, Request, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -182,8 +185,16 @@ struct TokenFilter {
 async fn list_tokens(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
-    Query(filter): Query<TokenFilter>,
+    filter: Result<Query<TokenFilter>, QueryRejection>,
 ) -> Result<Json<Value>, HttpError> {
+    // axum's own rejection (e.g. `application_id` given twice) is plain text: say it in ours.
+    let Query(filter) = filter.map_err(|e| {
+        HttpError::code(
+            &trace_id,
+            ErrorCode::BadRequest,
+            format!("Invalid query: {}.", e.body_text()),
+        )
+    })?;
     let request = AdminRequest::ListTokens {
         application_id: filter.application_id,
     };
