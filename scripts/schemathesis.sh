@@ -97,40 +97,17 @@ if [[ ${1:-} == --inner ]]; then
     exit "$status"
 fi
 
-# The pinned schemathesis in a venv of its own; installed again only when the pins change.
-schemathesis_venv() {
-    local requirements=tests/schemathesis/requirements.txt
-    local venv=${NANO_BANANA_DEV_DIR:-${TMPDIR:-/tmp}/nano-banana-dev}/schemathesis-venv
-    mkdir -p "$(dirname "$venv")"
-    exec {lock}>"$venv.lock"
-    flock "$lock"
-    if ! cmp -s "$requirements" "$venv/requirements.txt" ||
-        ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
-        say "installing schemathesis pinned in $requirements into $venv"
-        command -v python3 >/dev/null || {
-            say "ERROR: schemathesis needs Python 3 (python3), with venv and pip"
-            exit 1
-        }
-        python3 -m venv --clear "$venv" || {
-            say "ERROR: python3 -m venv failed (Debian: apt-get install python3-venv)"
-            exit 1
-        }
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" || {
-            say "ERROR: pip install -r $requirements failed"
-            exit 1
-        }
-        cp "$requirements" "$venv/requirements.txt"
-    fi
-    exec {lock}>&-
-    echo "$venv"
-}
+# The pinned schemathesis in a venv of its own (scripts/pinned-venv.sh).
+# shellcheck source=scripts/pinned-venv.sh
+source scripts/pinned-venv.sh
+venv=${NANO_BANANA_DEV_DIR:-${TMPDIR:-/tmp}/nano-banana-dev}/schemathesis-venv
 for tool in curl jq; do
     command -v "$tool" >/dev/null || {
         say "ERROR: $tool is needed"
         exit 1
     }
 done
-venv=$(schemathesis_venv)
+pinned_venv tests/schemathesis/requirements.txt "$venv" schemathesis "$venv/bin/schemathesis" --version
 say "$("$venv/bin/schemathesis" --version)"
 
 say "cargo build --locked --bin nano-banana"
