@@ -54,33 +54,13 @@ if $started_s3 && [[ -z ${NANO_BANANA_KEEP_SERVICES:-} ]]; then
 fi
 eval "$(scripts/dev-services.sh env)"
 
-# The official SDKs, pinned, in a venv of their own; installed again only when the pins change
-# (the venv keeps a copy of the requirements it was made from) or the venv no longer imports them.
+# The official SDKs, pinned, in a venv of their own (scripts/pinned-venv.sh).
+# shellcheck source=scripts/pinned-venv.sh
+source scripts/pinned-venv.sh
 sdk_venv() {
-    local requirements=tests/sdk/requirements.txt
     local venv=${NANO_BANANA_DEV_DIR:-${TMPDIR:-/tmp}/nano-banana-dev}/sdk-venv
-    mkdir -p "$(dirname "$venv")"
-    # One installer at a time when several checkouts share the state dir.
-    exec {lock}>"$venv.lock"
-    flock "$lock"
-    if ! cmp -s "$requirements" "$venv/requirements.txt" ||
-        ! "$venv/bin/python" -c 'import openai, google.genai' 2>/dev/null; then
-        say "installing the SDKs pinned in $requirements into $venv"
-        command -v python3 >/dev/null || {
-            say "ERROR: the SDK tests need Python 3 (python3), with venv and pip"
-            exit 1
-        }
-        python3 -m venv --clear "$venv" || {
-            say "ERROR: python3 -m venv failed (Debian: apt-get install python3-venv)"
-            exit 1
-        }
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" || {
-            say "ERROR: pip install -r $requirements failed"
-            exit 1
-        }
-        cp "$requirements" "$venv/requirements.txt"
-    fi
-    exec {lock}>&-
+    pinned_venv tests/sdk/requirements.txt "$venv" "the SDK tests" \
+        "$venv/bin/python" -c 'import openai, google.genai'
     NANO_BANANA_TEST_PYTHON=$venv/bin/python
 }
 if [[ -z ${NANO_BANANA_TEST_PYTHON:-} ]]; then

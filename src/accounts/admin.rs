@@ -116,8 +116,16 @@ impl Admin<'_> {
                         "credits must be a positive number.".into(),
                     ));
                 }
-                if !self.db.add_credits(id, *credits, "topup", now_ms()).await? {
-                    return Err(no_application(id));
+                if *credits > MAX_CREDITS {
+                    return Err(over_max_credits());
+                }
+                if !(self.db)
+                    .add_credits(id, *credits, MAX_CREDITS, "topup", now_ms())
+                    .await?
+                {
+                    // No such application (`show` says so), or the balance would pass the cap.
+                    self.show(id).await?;
+                    return Err(over_max_credits());
                 }
                 self.show(id).await
             }
@@ -154,6 +162,9 @@ impl Admin<'_> {
         }
         if new.credits < 0 {
             return Err(AdminError::Invalid("credits cannot be negative.".into()));
+        }
+        if new.credits > MAX_CREDITS {
+            return Err(over_max_credits());
         }
         check_limits(&new.limits)?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -228,6 +239,16 @@ fn check_limits(limits: &Limits) -> Result<(), AdminError> {
         ));
     }
     Ok(())
+}
+
+/// The largest balance an application may hold: 2^53 - 1, the largest integer every JSON client
+/// reads exactly. It also keeps balances and ledger sums far from `i64` overflow, which SQLite
+/// answers by turning the sum into a float (that no read of the row survives) and PostgreSQL
+/// with an error.
+pub const MAX_CREDITS: i64 = 9_007_199_254_740_991;
+
+fn over_max_credits() -> AdminError {
+    AdminError::Invalid(format!("credits: a balance can be at most {MAX_CREDITS}."))
 }
 
 fn no_application(id: &str) -> AdminError {

@@ -483,8 +483,8 @@ fn integer(fields: &Map<String, Value>, name: &str) -> Result<Option<u8>, Invali
     let bad = || Invalid::new(name, format!("{name} must be an integer."));
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            let n = n.as_u64().ok_or_else(bad)?;
+        Some(value @ Value::Number(_)) => {
+            let n = crate::domain::whole_number(value).ok_or_else(bad)?;
             Ok(Some(u8::try_from(n).unwrap_or(u8::MAX)))
         }
         Some(Value::String(s)) => {

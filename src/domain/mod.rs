@@ -232,7 +232,7 @@ impl ImagesRequest {
 
         let count = match object.get("count") {
             None | Some(Value::Null) => 1,
-            Some(value) => match value.as_u64() {
+            Some(value) => match whole_number(value) {
                 Some(n @ 1..=4) => n as u8,
                 _ => return Err(invalid("count must be an integer from 1 to 4.")),
             },
@@ -365,6 +365,16 @@ fn optional_str<'a>(
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(_) => Err(invalid(format!("{field} must be a string."))),
     }
+}
+
+/// A JSON number that is a whole number, as `u64`: `2` and also `2.0`, which JSON (and JSON
+/// Schema's `integer`) count as the same number and some clients send. `None` for anything else.
+pub fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        // Below 2^64 exactly (`u64::MAX as f64` rounds up to 2^64), so the cast is exact.
+        let f = value.as_f64()?;
+        (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+    })
 }
 
 /// The lowercase hex SHA-256 of `bytes`: how tokens are stored and request bodies compared.

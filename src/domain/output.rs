@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{InvalidField, invalid, optional_str};
+use super::{InvalidField, invalid, optional_str, whole_number};
 
 /// A format we can encode images in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,7 +71,7 @@ impl OutputOptions {
         };
         let compression = match object.get("output_compression") {
             None | Some(Value::Null) => None,
-            Some(value) => match value.as_u64() {
+            Some(value) => match whole_number(value) {
                 Some(n @ 0..=100) => Some(n as u8),
                 _ => {
                     return Err(invalid(

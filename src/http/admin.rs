@@ -6,7 +6,10 @@
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{Path, Query, Request, State, rejection::BytesRejection},
+    extract::{
+        Path, Query, Request, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -81,7 +84,19 @@ fn body<T: for<'de> Deserialize<'de>>(
     trace_id: &str,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<T, HttpError> {
-    let value = parse_json_body(trace_id, raw)?;
+    let mut value = parse_json_body(trace_id, raw)?;
+    // `5.0` is the same JSON number as `5` (JSON Schema's `integer` takes both), but serde's
+    // `i64` takes only the latter: make whole top-level numbers integers (the bodies are flat).
+    if let Value::Object(fields) = &mut value {
+        for field in fields.values_mut() {
+            if let Some(f) = field.as_f64().filter(|_| field.is_f64())
+                && f.fract() == 0.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+            {
+                *field = Value::from(f as i64);
+            }
+        }
+    }
     serde_json::from_value(value).map_err(|e| {
         HttpError::code(
             trace_id,
@@ -182,8 +197,16 @@ struct TokenFilter {
 async fn list_tokens(
     State(state): State<AppState>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
-    Query(filter): Query<TokenFilter>,
+    filter: Result<Query<TokenFilter>, QueryRejection>,
 ) -> Result<Json<Value>, HttpError> {
+    // axum's own rejection (e.g. `application_id` given twice) is plain text: say it in ours.
+    let Query(filter) = filter.map_err(|e| {
+        HttpError::code(
+            &trace_id,
+            ErrorCode::BadRequest,
+            format!("Invalid query: {}.", e.body_text()),
+        )
+    })?;
     let request = AdminRequest::ListTokens {
         application_id: filter.application_id,
     };

@@ -10,7 +10,10 @@
 use axum::{
     Extension, Json,
     body::{Body, Bytes},
-    extract::{Path, Query, State, rejection::BytesRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
 };
@@ -53,10 +56,18 @@ pub async fn generate(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Authenticated { caller, .. }: Authenticated<Gemini>,
     Path(target): Path<String>,
-    Query(query): Query<StreamQuery>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // axum's own rejection (e.g. `alt` given twice) is plain text: say it in Google's format.
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            let error = ApiError::bad_request(format!("Invalid query: {}.", e.body_text()));
+            return Gemini::error(&trace_id, &error, None);
+        }
+    };
     let method = match target.rsplit_once(':') {
         Some((_, "generateContent")) => Method::Generate,
         Some((_, "streamGenerateContent")) => Method::Stream {

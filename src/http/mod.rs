@@ -117,7 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize, extra: Router<AppState>) -
         .route("/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics))
         .fallback(no_api)
-        .method_not_allowed_fallback(no_api)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer)
         .with_state(state)
 }
@@ -207,4 +207,19 @@ where
 
 async fn no_api(axum::Extension(trace_id): axum::Extension<TraceId>) -> impl IntoResponse {
     HttpError::code(&trace_id.0, ErrorCode::NoApi, "No API at this path.")
+}
+
+/// A path we serve, asked with a method it does not take (`GET /nano-banana/images`, `TRACE`, …):
+/// 405 as HTTP says, with the `Allow` header axum adds (RFC 9110 requires it), and the contract's
+/// error body. The contract gives no code of its own for this, and `no_api` still says what the
+/// client needs: nothing answers this method here. (An unknown path stays 404 `no_api`.)
+async fn method_not_allowed(axum::Extension(trace_id): axum::Extension<TraceId>) -> Response {
+    let mut response = HttpError::code(
+        &trace_id.0,
+        ErrorCode::NoApi,
+        "No API for this method at this path; the Allow header lists the methods it takes.",
+    )
+    .into_response();
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
 }

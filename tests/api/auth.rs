@@ -76,8 +76,33 @@ async fn unknown_paths_are_no_api_with_or_without_a_token() {
     assert_error(&answer, 404, "no_api");
     let answer = crate::helpers::answer(app.get("/images/not-a-key.png").await).await;
     assert_error(&answer, 404, "no_api");
-    let answer = crate::helpers::answer(app.get("/nano-banana/images").await).await;
-    assert_error(&answer, 404, "no_api");
+}
+
+/// schemathesis' `unsupported_method`: a served path asked with a method it does not take is
+/// 405 with `Allow` (it was 404, as if the path did not exist), in the contract's error body.
+#[tokio::test]
+async fn a_served_path_with_another_method_is_405_with_allow() {
+    let app = spawn_app().await;
+    for (method, path, allow) in [
+        ("GET", "/nano-banana/images", "POST"),
+        ("TRACE", "/nano-banana/tasks", "POST"),
+        ("DELETE", "/images/some-key.png", "GET,HEAD"),
+        ("PATCH", "/healthz", "GET,HEAD"),
+        ("PUT", "/v1/models/nano-banana", "GET,HEAD,POST"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.address))
+            .header("authorization", format!("Bearer {}", app.token))
+            .send()
+            .await
+            .unwrap();
+        let answer = crate::helpers::answer(response).await;
+        assert_error(&answer, 405, "no_api");
+        crate::helpers::assert_trace_id(&answer);
+        assert_eq!(answer.headers["allow"], allow, "{method} {path}");
+    }
 }
 
 #[tokio::test]

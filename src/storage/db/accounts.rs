@@ -224,21 +224,28 @@ impl Db {
         })
     }
 
-    /// Adds credits (a top-up) and records it in the ledger. `false`: no such application.
+    /// Adds credits (a top-up, positive and at most `max_balance`) and records it in the ledger,
+    /// keeping the balance at most `max_balance`. `false`: no such application, or the balance
+    /// would pass that.
     pub async fn add_credits(
         &self,
         id: &str,
         credits: i64,
+        max_balance: i64,
         reason: &str,
         now: i64,
     ) -> Result<bool, DbError> {
         on_writer!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
-            let done = sqlx::query("UPDATE applications SET credits = credits + $2 WHERE id = $1")
-                .bind(id)
-                .bind(credits)
-                .execute(&mut *tx)
-                .await?;
+            // The cap is checked without computing a sum that could overflow.
+            let done = sqlx::query(
+                "UPDATE applications SET credits = credits + $2 WHERE id = $1 AND credits <= $3 - $2",
+            )
+            .bind(id)
+            .bind(credits)
+            .bind(max_balance)
+            .execute(&mut *tx)
+            .await?;
             if done.rows_affected() != 1 {
                 tx.rollback().await?;
                 return Ok(false);
