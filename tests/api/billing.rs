@@ -422,15 +422,14 @@ async fn a_concurrency_refusal_is_told_apart_from_the_rate_limit() {
     assert!(header_number(&refused, "x-ratelimit-remaining") > 0);
 
     // A request refused by the rate limit carries its headers, not the concurrency limit's.
-    let mut limited = None;
-    for _ in 0..20 {
-        let answer = generate(&app, &token, json!({"prompt": "x", "async": true})).await;
-        if answer.headers.get("x-concurrency-limit").is_none() {
-            limited = Some(answer);
-            break;
-        }
-    }
-    let limited = limited.expect("the burst of 10 ran out");
+    // Sent at once, 40 requests outrun a burst of 10 at 10 a second however slow the machine
+    // (one at a time, requests slower than 100 ms would never drain it).
+    let requests = (0..40).map(|_| generate(&app, &token, json!({"prompt": "x", "async": true})));
+    let limited = futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .find(|answer| answer.headers.get("x-concurrency-limit").is_none())
+        .expect("the burst of 10 ran out");
     assert_error(&limited, 429, "too_many_requests");
     assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
     assert!(header_number(&limited, "retry-after") >= 1);
