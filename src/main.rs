@@ -112,6 +112,11 @@ fn main() -> ExitCode {
             Command::FakeGemini(args) => fake_gemini(args).await,
         }
     });
+    // The command is done (the server has drained). Whatever background task is left — a
+    // database pool's maintenance loop, which can spin once the runtime's timers are shut down —
+    // gets a moment, never the power to keep the process from exiting (seen once in CI: an
+    // `admin migrate-db` that had printed its error kept running at 100 % CPU).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
