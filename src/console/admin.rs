@@ -101,19 +101,18 @@ fn sign_in_form(
          <input id=\"admin-key\" name=\"key\" type=\"password\" required autocomplete=\"current-password\" spellcheck=\"false\">\
          <button type=\"submit\">Sign in as administrator</button></form>"
     );
-    let mut response = Page {
-        title: "Admin",
-        nav: Nav::Admin,
-        csrf: None,
-        notice,
-        body,
-    }
-    .render(status);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(settings, PRESIGN_COOKIE, Some(&check)),
-    );
-    response
+    super::presession_page(
+        settings,
+        &check,
+        Page {
+            title: "Admin",
+            nav: Nav::Admin,
+            csrf: None,
+            notice,
+            body,
+        },
+        status,
+    )
 }
 
 async fn admin_page(

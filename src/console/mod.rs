@@ -186,6 +186,22 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|value| !value.is_empty())
 }
 
+/// A page shown before there is a session (the sign-in and sign-up forms), rendered with
+/// `status` and the pre-session CSRF cookie holding `check`, the value its form carries.
+fn presession_page(
+    settings: &ConsoleSettings,
+    check: &str,
+    page: html::Page<'_>,
+    status: StatusCode,
+) -> Response {
+    let mut response = page.render(status);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(settings, PRESIGN_COOKIE, Some(check)),
+    );
+    response
+}
+
 /// A `Set-Cookie` value: always `HttpOnly`, `SameSite=Strict` and `Path=/`; `Secure` over https.
 /// `None` for the value clears the cookie.
 fn set_cookie(settings: &ConsoleSettings, name: &str, value: Option<&str>) -> HeaderValue {

@@ -65,19 +65,18 @@ fn sign_in_form(settings: &super::ConsoleSettings, notice: Option<Notice>) -> Re
            with <code>nb-</code>). It is kept in a cookie this browser never shows to scripts.</p>\
          <button type=\"submit\">Sign in</button>{signup}</form>"
     );
-    let mut response = Page {
-        title: "Sign in",
-        nav: Nav::None,
-        csrf: None,
-        notice,
-        body,
-    }
-    .render(StatusCode::OK);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(settings, PRESIGN_COOKIE, Some(&check)),
-    );
-    response
+    super::presession_page(
+        settings,
+        &check,
+        Page {
+            title: "Sign in",
+            nav: Nav::None,
+            csrf: None,
+            notice,
+            body,
+        },
+        StatusCode::OK,
+    )
 }
 
 #[derive(Deserialize)]

@@ -59,19 +59,18 @@ fn form(
          <p class=\"help\">Already have a token? <a href=\"/console/sign-in\">Sign in</a>.</p></form>",
         name = esc(name),
     );
-    let mut response = Page {
-        title: "Sign up",
-        nav: Nav::None,
-        csrf: None,
-        notice,
-        body,
-    }
-    .render(status);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(settings, PRESIGN_COOKIE, Some(&check)),
-    );
-    response
+    super::presession_page(
+        settings,
+        &check,
+        Page {
+            title: "Sign up",
+            nav: Nav::None,
+            csrf: None,
+            notice,
+            body,
+        },
+        status,
+    )
 }
 
 #[derive(Deserialize)]
